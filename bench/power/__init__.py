@@ -1,0 +1,1 @@
+"""Power samplers, one per source, behind power.base.Sampler."""

@@ -1,0 +1,63 @@
+"""The power sampler interface and its immutable reading."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """What one sampling window measured.
+
+    Empty (mean_w None) with a reason when the source could not measure.
+    energy_j is the integral of the sampled power over the window (trapezoids),
+    or a hardware energy counter's difference where the source has one.
+    """
+
+    source: str
+    mean_w: float | None = None
+    energy_j: float | None = None
+    window_s: float | None = None
+    samples: int = 0
+    interval_s: float | None = None
+    rails: dict[str, float] = field(default_factory=dict)  # rail -> mean W
+    meta: dict[str, Any] = field(default_factory=dict)  # power mode, clocks, board, ...
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mean_w is None and not self.reason:
+            raise ValueError("an empty PowerReading needs a reason")
+        if self.mean_w is not None and self.mean_w < 0:
+            raise ValueError(f"mean_w must be >= 0, got {self.mean_w}")
+
+    def energy_per_inference_mj(self, inferences: int) -> float | None:
+        if self.energy_j is None or inferences <= 0:
+            return None
+        return 1000.0 * self.energy_j / inferences
+
+
+class Sampler(abc.ABC):
+    """Samples power in a background thread between start() and stop()."""
+
+    source: str = "none"
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this source can be read here, else why not."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> PowerReading: ...
+
+    def __enter__(self) -> "Sampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # stop() is called explicitly to get the reading; this only guarantees cleanup.
+        pass
