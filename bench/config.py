@@ -1,0 +1,261 @@
+"""One frozen configuration object.
+
+Precedence: command-line option > environment (BENCH_<KEY>) > [tool.bench] in the
+pyproject.toml of the working directory > default. Unknown keys are rejected, and every
+value is checked once here so that the rest of the harness can trust it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+
+PTQ_VARIANTS = ("int8-max", "int8-entropy", "int8-percentile", "int8-mse")
+ORT_VARIANTS = ("fp32", "fp16", *PTQ_VARIANTS, "int8-qat")
+TRT_ONLY_VARIANTS = ("trt-entropy2", "trt-minmax")
+ALL_VARIANTS = ORT_VARIANTS + TRT_ONLY_VARIANTS
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+DEVICES = ("cpu", "cuda")
+QDQ_PROFILES = ("tensorrt", "cpu")
+POWER_SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
+KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
+QAT_INITS = ("mse", "max", "entropy", "percentile", "best")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a run needs to know. Paths None mean "the embedded default"."""
+
+    model: Path | None = None
+    coco: Path | None = None
+    coco_split: str | None = None
+    calib: Path | None = None
+    calib_count: int = 64
+    eval_count: int | None = None
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    variants: tuple[str, ...] = ORT_VARIANTS
+    imgsz: int | None = None
+    batch: int = 1
+    eval_batch: int = 1
+    threads: int | None = None
+    conf: float = 0.001
+    iou: float = 0.65
+    max_det: int = 300
+    percentile: float = 99.99
+    qdq_profile: str | None = None
+    keep_float: tuple[str, ...] = KEEP_FLOAT_FLAGS
+    power: str = "auto"
+    power_interval_s: float = 0.05
+    bench_rounds: int = 50
+    bench_warmup: int = 5
+    results_dir: Path = Path("results")
+    baseline: Path = Path("results/baseline.json")
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    floor_fp16: float = 0.99
+    floor_int8: float = 0.95
+    floor_qat: float = 0.99
+    map_tolerance: float = 0.005
+    latency_tolerance: float = 0.10
+    qat_init: str = "best"
+    qat_iters: int | None = None
+    qat_epochs: float | None = None
+    qat_minutes: float | None = None
+    qat_images: int = 256
+    qat_lr: float = 1e-5
+    qat_scales: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("power", self.power, POWER_SOURCES)
+        _check_choice("qat_init", self.qat_init, QAT_INITS)
+        if self.qdq_profile is not None:
+            _check_choice("qdq_profile", self.qdq_profile, QDQ_PROFILES)
+        for name in self.variants:
+            _check_choice("variants", name, ALL_VARIANTS)
+        if not self.variants:
+            raise ConfigError("option variants: got an empty list; expected at least one variant")
+        _check_positive(self, ("calib_count", "batch", "eval_batch", "max_det", "bench_rounds",
+                               "qat_images", "power_interval_s", "qat_lr"))
+        _check_positive(self, ("eval_count", "imgsz", "threads", "qat_iters", "qat_epochs",
+                               "qat_minutes"), optional=True)
+        if self.bench_warmup < 0:
+            raise ConfigError(f"option bench_warmup: got {self.bench_warmup}; expected >= 0")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ConfigError(f"option percentile: got {self.percentile}; expected 0 < p <= 100")
+        for name in ("conf", "iou", "floor_fp16", "floor_int8", "floor_qat"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"option {name}: got {value}; expected a value in [0, 1]")
+        if self.imgsz is not None and self.imgsz % 32:
+            raise ConfigError(f"option imgsz: got {self.imgsz}; expected a multiple of 32")
+
+    @property
+    def profile(self) -> str:
+        """The Q/DQ profile: as configured, else what the backend runs fast."""
+        if self.qdq_profile:
+            return self.qdq_profile
+        return "cpu" if self.backend == "onnxruntime" and self.device == "cpu" else "tensorrt"
+
+    def with_(self, **changes: Any) -> BenchConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(option: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"option {option}: got {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _check_positive(cfg: BenchConfig, names: tuple[str, ...], optional: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None and optional:
+            continue
+        if value is None or value <= 0:
+            raise ConfigError(f"option {name}: got {value!r}; expected a positive number")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(BenchConfig)}
+
+HELP = {
+    "model": "FP32 ONNX to benchmark (default: the embedded default detector)",
+    "coco": "COCO folder: annotations/instances_<split>.json + <split>/ images "
+            "(default: the embedded generated dataset)",
+    "coco_split": "split of --coco to evaluate, e.g. val2017 (default: the only one, or val*)",
+    "calib": "calibration images: a COCO folder or an image folder, never the evaluation "
+             "images (default: the default dataset's train split, or --coco's train split)",
+    "calib_count": "number of calibration images",
+    "eval_count": "evaluate only the first N images (quick subset; default: all)",
+    "backend": "runtime: onnxruntime, tensorrt or torch",
+    "device": "cpu or cuda",
+    "variants": "comma-separated variants to run: " + ", ".join(ALL_VARIANTS),
+    "imgsz": "square network input size (default: from the model or its manifest, else 640)",
+    "batch": "batch size of the latency pass",
+    "eval_batch": "batch size of the accuracy pass",
+    "threads": "intra-op CPU threads of the engine (default: the runtime's choice)",
+    "conf": "confidence threshold of the accuracy pass (YOLOv7 protocol: 0.001)",
+    "iou": "NMS IoU threshold of the accuracy pass (YOLOv7 protocol: 0.65)",
+    "max_det": "detections kept per image (YOLOv7 protocol: 300)",
+    "percentile": "percentile of |x| for int8-percentile",
+    "qdq_profile": "Q/DQ profile: tensorrt (s8 activations) or cpu (u8 activations, "
+                   "what ORT CPU runs fast); default follows the backend",
+    "keep_float": "what stays in float: first_conv, head, decode and/or node-name globs",
+    "power": "power source: auto, jtop, nvml, rapl or none",
+    "power_interval_s": "power sampling interval in seconds",
+    "bench_rounds": "timed rounds of the latency pass",
+    "bench_warmup": "untimed warm-up calls before the latency pass",
+    "results_dir": "where runs/<id>/ and latest are written",
+    "baseline": "stored baseline report to gate against",
+    "cache_dir": "artifact cache (built variants, datasets, engines)",
+    "floor_fp16": "fp16 mAP floor as a fraction of fp32's (MLPerf: 0.99)",
+    "floor_int8": "int8 PTQ mAP floor as a fraction of fp32's (MLPerf: 0.95)",
+    "floor_qat": "int8-qat mAP floor as a fraction of fp32's (MLPerf: 0.99)",
+    "map_tolerance": "largest absolute mAP drop against the baseline",
+    "latency_tolerance": "largest relative median-latency growth against the baseline",
+    "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",
+    "qat_iters": "QAT optimiser steps (default: one pass over --qat-images, at least 200)",
+    "qat_epochs": "QAT passes over the QAT images (instead of --qat-iters)",
+    "qat_minutes": "QAT wall-clock budget in minutes (stops early)",
+    "qat_images": "calibration-split images QAT distils on",
+    "qat_lr": "QAT learning rate (Adam, cosine decay)",
+    "qat_scales": "also learn the activation scales during QAT",
+    "progress": "progress bars on calibration, QAT and evaluation",
+}
+
+
+def load_config(options: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
+                pyproject: Path | None = Path("pyproject.toml")) -> BenchConfig:
+    """Merge the four sources in precedence order; reject unknown keys."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    merged.update(_from_pyproject(pyproject))
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in (options or {}).items() if v is not None})
+    _reject_unknown(merged, "option")
+    return BenchConfig(**{k: coerce(k, v) for k, v in merged.items()})
+
+
+def _from_pyproject(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text()).get("tool", {}).get("bench", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    normalised = {k.replace("-", "_"): v for k, v in table.items()}
+    _reject_unknown(normalised, f"{path} [tool.bench] key")
+    return normalised
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    found = {}
+    for key, value in env.items():
+        if key.startswith("BENCH_"):
+            found[key[len("BENCH_"):].lower()] = value
+    unknown = set(found) - set(FIELDS)
+    if unknown:
+        name = "BENCH_" + sorted(unknown)[0].upper()
+        raise ConfigError(f"environment variable {name}: unknown setting; "
+                          f"expected BENCH_<one of {', '.join(FIELDS).upper()}>")
+    return found
+
+
+def _reject_unknown(values: Mapping[str, Any], what: str) -> None:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{what} {unknown[0]!r}: unknown; expected one of {', '.join(FIELDS)}")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a string (env, CLI) or TOML value into the field's declared type."""
+    hint = typing.get_type_hints(BenchConfig)[name]
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if optional and isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
+    try:
+        return _coerce_to(base, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}: got {value!r}; expected {_type_name(base)}") from None
+
+
+def _coerce_to(base: Any, value: Any) -> Any:
+    if typing.get_origin(base) is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(value)
+        return lowered in ("1", "true", "yes", "on")
+    if base is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if base is Path:
+        return Path(value).expanduser()
+    return base(value)
+
+
+def _type_name(base: Any) -> str:
+    if typing.get_origin(base) is tuple:
+        return "a comma-separated list"
+    return {int: "an integer", float: "a number", bool: "true or false",
+            Path: "a path", str: "a string"}.get(base, str(base))

@@ -1,0 +1,280 @@
+"""One benchmark session: every variant built, evaluated, timed, gated and reported.
+
+The pytest suite drives it (one test per variant), but nothing here knows pytest: the
+latency pass takes a `timer` callable, which the suite backs with pytest-benchmark.
+A variant that fails becomes a failed row and the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.cache import Artifact, ArtifactCache
+from bench.config import BenchConfig
+from bench.engines.base import Engine
+from bench.engines.factory import make_engine, skip_reason
+from bench.environment import collect_environment
+from bench.errors import BenchError, EngineUnavailable
+from bench.inputs import RunInputs, resolve_inputs
+from bench.latency import LatencyStats, time_calls
+from bench.power.base import PowerReading
+from bench.variants import BuildContext, build_variant, spec_of
+
+# The latency pass hands its callable to a timer that returns per-call seconds.
+Timer = Callable[[Callable[[], object], int], Sequence[float]]
+
+E2E_ROUNDS = 20
+
+
+@dataclass
+class Prepared:
+    """A variant after build and accuracy pass, holding its active engine."""
+
+    variant: str
+    status: str  # ok | failed | skipped
+    reason: str | None = None
+    artifact: Artifact | None = None
+    engine: Engine | None = None
+    accuracy: Any = None  # bench.eval.accuracy.AccuracyResult
+    build_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.deactivate()
+            self.engine = None
+
+
+class BenchSession:
+    """Holds the run's inputs, its rows, and writes the report at the end."""
+
+    def __init__(self, cfg: BenchConfig):
+        self.cfg = cfg
+        self.rows: dict[str, Any] = {}  # variant -> bench.report.rows.ResultRow
+        self._inputs: RunInputs | None = None
+        self._inputs_error: BenchError | None = None
+        self._context: BuildContext | None = None
+        self._baseline: Any = None
+        self.started = time.time()
+
+    # -- inputs ---------------------------------------------------------------------------
+    def inputs(self) -> RunInputs:
+        """Resolved once; a bad model or dataset fails every variant with the same reason."""
+        if self._inputs_error is not None:
+            raise self._inputs_error
+        if self._inputs is None:
+            try:
+                self._inputs = resolve_inputs(self.cfg)
+            except BenchError as exc:
+                self._inputs_error = exc
+                raise
+        return self._inputs
+
+    def context(self) -> BuildContext:
+        if self._context is None:
+            inputs = self.inputs()
+            count = self.cfg.calib_count
+            self._context = BuildContext(
+                cfg=self.cfg, model_path=inputs.model_path,
+                calib_batches=lambda: inputs.calib_batches(count),
+                calib_id=f"{inputs.calib_label}|{count}|{inputs.imgsz}",
+                cache=ArtifactCache(Path(self.cfg.cache_dir) / "artifacts"))
+        return self._context
+
+    # -- per variant ----------------------------------------------------------------------
+    def prepare(self, variant: str) -> Prepared:
+        """Build the artifact, open its engine and run the accuracy pass."""
+        reason = skip_reason(self.cfg, spec_of(variant))
+        if reason:
+            return self._skipped(variant, reason)
+        try:
+            return self._prepare(variant)
+        except EngineUnavailable as exc:
+            return self._skipped(variant, str(exc))
+        except Exception as exc:  # one failing variant must not stop the others
+            return self._failed(variant, exc)
+
+    def _prepare(self, variant: str) -> Prepared:
+        from bench.eval.accuracy import run_accuracy
+
+        inputs = self.inputs()
+        artifact = build_variant(variant, self.context())
+        engine = make_engine(self.cfg, spec_of(variant), artifact.path).activate()
+        prepared = Prepared(variant, "ok", artifact=artifact, engine=engine,
+                            build_s=artifact.build_s)
+        try:
+            prepared.accuracy = run_accuracy(
+                engine.infer, inputs.dataset, imgsz=inputs.imgsz, batch=self.cfg.eval_batch,
+                conf=self.cfg.conf, iou=self.cfg.iou, max_det=self.cfg.max_det,
+                eval_count=self.cfg.eval_count, progress=self.cfg.progress,
+                fixed_batch=inputs.fixed_batch)
+        except BaseException:
+            prepared.close()
+            raise
+        return prepared
+
+    def measure(self, prepared: Prepared, timer: Timer | None = None) -> Any:
+        """Latency (with power sampled alongside) and the end-to-end figure; returns the row."""
+        try:
+            return self._measure(prepared, timer or time_calls)
+        except Exception as exc:
+            self._failed(prepared.variant, exc)
+            return self.rows[prepared.variant]
+        finally:
+            prepared.close()
+
+    def _measure(self, prepared: Prepared, timer: Timer) -> Any:
+        from bench.power.auto import make_sampler
+
+        batch = self.staged_batch()
+        engine = prepared.engine
+        for _ in range(self.cfg.bench_warmup):
+            engine.infer(batch)
+        sampler = make_sampler(self.cfg.power, interval_s=self.cfg.power_interval_s)
+        sampler.start()
+        try:
+            seconds = list(timer(lambda: engine.infer(batch), self.cfg.bench_rounds))
+        finally:
+            power = sampler.stop()
+        latency = LatencyStats.from_seconds(seconds)
+        e2e = LatencyStats.from_seconds(self._end_to_end(engine))
+        return self._record_ok(prepared, latency, e2e, power, len(seconds))
+
+    def staged_batch(self) -> np.ndarray:
+        """The first evaluation image, letterboxed, repeated to the latency batch size."""
+        from bench.data.letterbox import letterbox
+
+        inputs = self.inputs()
+        image = inputs.dataset.load_rgb(inputs.dataset.image_ids[0])
+        chw = letterbox(image, inputs.imgsz)[0]
+        size = inputs.fixed_batch or self.cfg.batch
+        return np.ascontiguousarray(np.repeat(chw[None], size, axis=0))
+
+    def _end_to_end(self, engine: Engine) -> list[float]:
+        """Pre-processing (letterbox of a decoded image) + infer + decode and NMS."""
+        from bench.data.letterbox import letterbox
+        from bench.eval.decode import decode_outputs
+
+        inputs = self.inputs()
+        image = inputs.dataset.load_rgb(inputs.dataset.image_ids[0])
+
+        def once() -> object:
+            chw = letterbox(image, inputs.imgsz)[0][None]
+            return decode_outputs(engine.infer(chw), conf=self.cfg.conf, iou=self.cfg.iou,
+                                  max_det=self.cfg.max_det)
+
+        return time_calls(once, min(E2E_ROUNDS, self.cfg.bench_rounds))
+
+    # -- rows -----------------------------------------------------------------------------
+    def _record_ok(self, prepared: Prepared, latency: LatencyStats, e2e: LatencyStats,
+                   power: PowerReading, calls: int) -> Any:
+        from bench.report.rows import ResultRow
+
+        inputs, acc = self.inputs(), prepared.accuracy
+        per_call = self.staged_batch().shape[0]
+        metrics = acc.metrics
+        row = ResultRow(
+            variant=prepared.variant, status="ok", **self._identity(),
+            map=metrics["map"], map50=metrics["map50"], map75=metrics["map75"],
+            map_small=metrics.get("map_small"), map_medium=metrics.get("map_medium"),
+            map_large=metrics.get("map_large"),
+            latency_ms=latency.as_dict(), e2e_latency_ms=e2e.as_dict(),
+            throughput_ips=1000.0 * per_call / latency.mean,
+            power_w=power.mean_w, power_source=power.source, power_reason=power.reason,
+            energy_mj_per_inference=power.energy_per_inference_mj(calls * per_call),
+            artifact=str(prepared.artifact.path), artifact_bytes=prepared.artifact.bytes,
+            build_s=prepared.build_s, eval_images=acc.n_images, eval_ips=acc.images_per_s,
+            extra=self._extra(prepared, power, inputs, latency))
+        return self._store(row)
+
+    def _extra(self, prepared: Prepared, power: PowerReading, inputs: RunInputs,
+               latency: LatencyStats) -> dict[str, Any]:
+        engine_info = prepared.engine.extra_info() if prepared.engine else {}
+        return {"engine": engine_info, "artifact_cached": prepared.artifact.cached,
+                "artifact_meta": {k: v for k, v in prepared.artifact.meta.items() if k != "amax"},
+                "power": {"window_s": power.window_s, "samples": power.samples,
+                          "interval_s": power.interval_s, "rails": power.rails,
+                          "energy_j": power.energy_j, "meta": power.meta},
+                "imgsz": inputs.imgsz, "latency_rounds": latency.count,
+                "accuracy_seconds": prepared.accuracy.seconds}
+
+    def _identity(self) -> dict[str, Any]:
+        label = self._inputs.model_label if self._inputs else str(self.cfg.model or "default")
+        return {"model": label, "backend": self.cfg.backend, "device": self.cfg.device}
+
+    def _skipped(self, variant: str, reason: str) -> Prepared:
+        from bench.report.rows import ResultRow
+
+        self._store(ResultRow(variant=variant, status="skipped", reason=reason,
+                              **self._identity()))
+        return Prepared(variant, "skipped", reason=reason)
+
+    def _failed(self, variant: str, exc: BaseException) -> Prepared:
+        from bench.report.rows import ResultRow
+
+        message = one_line(exc)
+        self._store(ResultRow(variant=variant, status="failed", error=message,
+                              **self._identity()))
+        return Prepared(variant, "failed", reason=message)
+
+    def _store(self, row: Any) -> Any:
+        from bench.report.gate import evaluate_gate
+
+        fp32 = self.rows.get("fp32")
+        baseline_row, comparable = self._baseline_for(row.variant)
+        row = _with_relative(row, fp32)
+        row = row.replace(gate=evaluate_gate(row, fp32, baseline_row, comparable,
+                                             self.gate_config()))
+        self.rows[row.variant] = row
+        return row
+
+    def gate_config(self) -> Any:
+        from bench.report.gate import GateConfig
+
+        cfg = self.cfg
+        return GateConfig.from_floors(fp16=cfg.floor_fp16, int8=cfg.floor_int8,
+                                      qat=cfg.floor_qat, map_drop_abs=cfg.map_tolerance,
+                                      latency_growth=cfg.latency_tolerance)
+
+    def _baseline_for(self, variant: str) -> tuple[Any, Any]:
+        from bench.report.baseline import comparability, load_baseline
+
+        if self._baseline is None:
+            self._baseline = load_baseline(Path(self.cfg.baseline)) or False
+        if not self._baseline:
+            return None, None
+        row = next((r for r in self._baseline.rows if r.variant == variant), None)
+        return row, comparability(self._baseline.environment, self.environment())
+
+    # -- the end --------------------------------------------------------------------------
+    def environment(self) -> dict[str, Any]:
+        if not hasattr(self, "_environment"):
+            self._environment = collect_environment(self.cfg, self._inputs)
+        return self._environment
+
+    def finish(self, benchmark_json: dict | None, complete: bool) -> Path:
+        """Write results/runs/<id>/ and point results/latest at it."""
+        from bench.report.writer import new_run_id, write_run
+
+        ordered = [self.rows[v] for v in self.cfg.variants if v in self.rows]
+        run_dir = Path(self.cfg.results_dir) / "runs" / new_run_id()
+        return write_run(run_dir, self.environment(), ordered, benchmark_json, complete)
+
+
+def _with_relative(row: Any, fp32: Any) -> Any:
+    from bench.report.rows import derive_relative
+
+    return derive_relative([r for r in (fp32, row) if r is not None])[-1]
+
+
+def one_line(exc: BaseException) -> str:
+    """A failed row's error: the message's first line, prefixed with the kind."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = type(exc).__name__
+    return f"{kind}: {text}" if text else kind

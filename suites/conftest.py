@@ -1,0 +1,73 @@
+"""The suite's pytest plugin: options -> BenchConfig, one session, the report at the end.
+
+Every option is also an environment variable (BENCH_<NAME>) and a [tool.bench] key; see
+`pytest suites/ --help` under "bench". Kept here rather than in a root conftest so that the
+unit tests under tests/ do not grow benchmark options.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.config import ALL_VARIANTS, FIELDS, HELP, load_config
+from bench.errors import BenchError
+from bench.session import BenchSession
+
+_SESSION_KEY = pytest.StashKey[BenchSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench", "benchmark harness (also BENCH_<NAME> env, [tool.bench])")
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        if name == "progress":
+            group.addoption("--no-progress", dest="bench_progress", action="store_false",
+                            default=None, help="no progress bars")
+            continue
+        group.addoption(flag, dest=f"bench_{name}", default=None, help=HELP[name])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    options = {name: config.getoption(f"bench_{name}") for name in FIELDS}
+    try:
+        cfg = load_config(options)
+    except BenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_SESSION_KEY] = BenchSession(cfg)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "variant" in metafunc.fixturenames:
+        cfg = metafunc.config.stash[_SESSION_KEY].cfg
+        # fp32 first: every other variant's delta and floor are measured against it.
+        ordered = sorted(cfg.variants, key=ALL_VARIANTS.index)
+        metafunc.parametrize("variant", ordered)
+
+
+@pytest.fixture(scope="session")
+def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+    return request.config.stash[_SESSION_KEY]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bench = session.config.stash.get(_SESSION_KEY, None)
+    if bench is None or not bench.rows:
+        return
+    complete = set(bench.rows) == set(bench.cfg.variants) and exitstatus != 2
+    benchmark_json = _benchmark_json(session.config)
+    run_dir = bench.finish(benchmark_json, complete)
+    from bench.report.render_rich import print_run
+
+    print_run(run_dir, file=sys.stdout)
+
+
+def _benchmark_json(config: pytest.Config) -> dict | None:
+    path = getattr(getattr(config, "_benchmarksession", None), "json", None)
+    if path and Path(path).is_file():
+        return json.loads(Path(path).read_text())
+    return None
