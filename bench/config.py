@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
 
 PTQ_VARIANTS = ("int8-max", "int8-entropy", "int8-percentile", "int8-mse")
 ORT_VARIANTS = ("fp32", "fp16", *PTQ_VARIANTS, "int8-qat")

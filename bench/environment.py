@@ -7,6 +7,7 @@ everything that changes speed: the CPU or GPU model, runtime versions and thread
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -22,9 +23,10 @@ _PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "tensorrt", "pycocotools",
 def collect_environment(cfg: BenchConfig, inputs: Any | None) -> dict[str, Any]:
     env = {
         "backend": cfg.backend,
-        "device": cfg.device,
-        "device_name": device_name(cfg),
-        "host": platform.node(),
+        # The device's model is part of its identity: latency on one GPU or CPU model is
+        # never compared with another's.
+        "device": f"{cfg.device}: {device_name(cfg)}",
+        "host": {"name": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count()},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "bench": __version__,

@@ -7,6 +7,7 @@ A variant that fails becomes a failed row and the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,11 @@ class BenchSession:
         from bench.eval.accuracy import run_accuracy
 
         inputs = self.inputs()
-        artifact = build_variant(variant, self.context())
-        engine = make_engine(self.cfg, spec_of(variant), artifact.path).activate()
+        context = self.context()
+        artifact = build_variant(variant, context)
+        engine = make_engine(self.cfg, spec_of(variant), artifact.path,
+                             calibration=context.calib_batches,
+                             calibration_id=context.calib_id).activate()
         prepared = Prepared(variant, "ok", artifact=artifact, engine=engine,
                             build_s=artifact.build_s)
         try:
@@ -227,10 +231,10 @@ class BenchSession:
         from bench.report.gate import evaluate_gate
 
         fp32 = self.rows.get("fp32")
-        baseline_row, comparable = self._baseline_for(row.variant)
+        baseline_row, comparable = self._baseline_for(row)
         row = _with_relative(row, fp32)
-        row = row.replace(gate=evaluate_gate(row, fp32, baseline_row, comparable,
-                                             self.gate_config()))
+        row = dataclasses.replace(row, gate=evaluate_gate(row, fp32, baseline_row, comparable,
+                                                          self.gate_config()))
         self.rows[row.variant] = row
         return row
 
@@ -238,19 +242,23 @@ class BenchSession:
         from bench.report.gate import GateConfig
 
         cfg = self.cfg
-        return GateConfig.from_floors(fp16=cfg.floor_fp16, int8=cfg.floor_int8,
-                                      qat=cfg.floor_qat, map_drop_abs=cfg.map_tolerance,
-                                      latency_growth=cfg.latency_tolerance)
+        return GateConfig.from_mapping({
+            "floors": {"fp16": cfg.floor_fp16, "int8-": cfg.floor_int8, "trt-": cfg.floor_int8,
+                       "int8-qat": cfg.floor_qat},
+            "map_drop_abs": cfg.map_tolerance, "latency_growth": cfg.latency_tolerance})
 
-    def _baseline_for(self, variant: str) -> tuple[Any, Any]:
-        from bench.report.baseline import comparability, load_baseline
+    def _baseline_for(self, probe: Any) -> tuple[Any, Any]:
+        from bench.report.baseline import load_baseline
+        from bench.report.gate import match_baseline_row, row_comparability
 
         if self._baseline is None:
             self._baseline = load_baseline(Path(self.cfg.baseline)) or False
         if not self._baseline:
             return None, None
-        row = next((r for r in self._baseline.rows if r.variant == variant), None)
-        return row, comparability(self._baseline.environment, self.environment())
+        row = match_baseline_row(probe, self._baseline.rows)
+        if row is None:
+            return None, None
+        return row, row_comparability(probe, row, self.environment(), self._baseline.environment)
 
     # -- the end --------------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
@@ -264,7 +272,9 @@ class BenchSession:
 
         ordered = [self.rows[v] for v in self.cfg.variants if v in self.rows]
         run_dir = Path(self.cfg.results_dir) / "runs" / new_run_id()
-        return write_run(run_dir, self.environment(), ordered, benchmark_json, complete)
+        return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
+                         results_dir=Path(self.cfg.results_dir),
+                         thresholds=self.gate_config().describe())
 
 
 def _with_relative(row: Any, fp32: Any) -> Any:

@@ -96,6 +96,9 @@ def _trt_implicit(spec: VariantSpec, ctx: BuildContext) -> Artifact:
 def _fp16(spec: VariantSpec, ctx: BuildContext) -> Artifact:
     from bench.quant.fp16 import convert_to_fp16
 
+    if ctx.cfg.backend == "tensorrt" and _trt_onnx_kind(spec.name) == "fp32":
+        return _reference(spec, ctx)  # TensorRT < 11 builds FP16 from FP32 with a flag
+
     def build(out: Path) -> dict[str, Any]:
         onnx.save(convert_to_fp16(_load(ctx.model_path)), str(out))
         return {}
@@ -176,6 +179,12 @@ def _write_qdq(model: onnx.ModelProto, plan: Any, amax: dict[str, float], profil
     from bench.quant.qdq import write_qdq
 
     return write_qdq(model, plan, amax, profile=profile)
+
+
+def _trt_onnx_kind(variant: str) -> str:
+    from bench.engines.trt import TrtEngine
+
+    return TrtEngine.artifact_kind(variant)
 
 
 def _tool_versions() -> dict[str, str]:

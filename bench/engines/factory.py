@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 from bench.config import BenchConfig
 from bench.engines.base import Engine
@@ -33,15 +36,25 @@ def skip_reason(cfg: BenchConfig, spec: VariantSpec) -> str | None:
     if cfg.backend == "torch" and spec.kind == "fp16" and cfg.device == "cpu":
         return "fp16 on the torch CPU engine is not a deployment path; use --device cuda"
     device = "cuda" if cfg.backend == "tensorrt" else cfg.device
-    return engine_class(cfg.backend).unavailable_reason(device)
+    reason = engine_class(cfg.backend).unavailable_reason(device)
+    if reason is None and cfg.backend == "tensorrt":
+        reason = engine_class("tensorrt").variant_unavailable_reason(spec.name)
+    return reason
 
 
-def make_engine(cfg: BenchConfig, spec: VariantSpec, artifact: Path) -> Engine:
+def make_engine(cfg: BenchConfig, spec: VariantSpec, artifact: Path,
+                calibration: Callable[[], Iterable[np.ndarray]] | None = None,
+                calibration_id: str = "") -> Engine:
+    """calibration: batches for TensorRT's own implicit calibrators (trt-* variants only)."""
     if cfg.backend == "onnxruntime":
         return engine_class("onnxruntime")(artifact, device=cfg.device, threads=cfg.threads)
     if cfg.backend == "tensorrt":
-        return engine_class("tensorrt")(artifact, device="cuda", variant=spec.name,
-                                        cache_dir=cfg.cache_dir / "engines")
+        implicit = spec.kind == "trt-implicit" and calibration is not None
+        return engine_class("tensorrt")(
+            artifact, device="cuda", variant=spec.name, batch=cfg.batch,
+            cache_dir=Path(cfg.cache_dir) / "engines",
+            calibration=list(calibration()) if implicit else None,
+            calibration_id=calibration_id if implicit else "")
     if cfg.backend == "torch":
         precision = "fp16" if spec.kind == "fp16" else "fp32"
         return engine_class("torch")(artifact, device=cfg.device, precision=precision)

@@ -56,7 +56,8 @@ class OrtEngine(Engine):
                 str(self.model_path), options, providers=_PROVIDERS[self.device])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"model {self.model_path}: onnxruntime cannot load it ({first})") from None
+            raise ModelError(
+                f"model {self.model_path}: onnxruntime cannot load it ({first})") from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             names = [i.name for i in inputs]

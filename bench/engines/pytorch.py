@@ -1,0 +1,170 @@
+"""PyTorch reference engine: the model run by PyTorch itself, the "before TensorRT" row.
+
+The model comes from the ONNX file through bench.models.onnx_torch.OnnxModule (an ONNX ->
+torch.nn.Module interpreter), so every backend runs the very same artifact. CPU or CUDA;
+fp32, or fp16 on CUDA (module.half() and a half input). On CUDA, infer() synchronises
+before it returns and CUDA events time the forward pass for extra_info.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from bench.engines.base import Engine
+from bench.engines.gpu_time import gpu_time_summary
+from bench.errors import ConfigError, EngineUnavailable, ModelError
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class TorchEngine(Engine):
+    """Runs an ONNX model as a torch.nn.Module.
+
+    device: "cpu", "cuda" or "cuda:N". options:
+      precision  "fp32" | "fp16" (CUDA only); default "fp16" for variant "fp16", else "fp32"
+      variant    the variant name, used only for the precision default
+      threads    torch.set_num_threads on CPU (process-wide), default torch's choice
+    """
+
+    name = "torch"
+
+    def __init__(self, model_path: Any, *, device: str = "cpu", **options: Any):
+        super().__init__(model_path, device=device, **options)
+        default = "fp16" if options.get("variant") == "fp16" else "fp32"
+        self.precision = str(options.get("precision", default))
+        self._gpu_ms: list[float] = []
+
+    @classmethod
+    def unavailable_reason(cls, device: str = "cpu") -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed (pip install torch; on a Jetson, NVIDIA's JetPack wheel)"
+        if device == "cpu":
+            return None
+        if not re.fullmatch(r"cuda(:\d+)?", str(device)):
+            return f"torch device {device!r} unknown; expected 'cpu' or 'cuda[:N]'"
+        if not torch.cuda.is_available():
+            return "CUDA is not available to torch"
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s); no {device}"
+        return None
+
+    def _activate(self) -> None:
+        reason = self.unavailable_reason(self.device)
+        if reason:
+            raise EngineUnavailable(reason)
+        self._check_precision()
+        import torch
+
+        if self.options.get("threads") and self.device == "cpu":
+            torch.set_num_threads(int(self.options["threads"]))
+        self._torch = torch
+        self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        module = self._load_module().to(self.device).eval()
+        self._module = half_module(module) if self.precision == "fp16" else module
+        self._cuda = self.device.startswith("cuda")
+        if self._cuda:
+            self._events = (torch.cuda.Event(enable_timing=True),
+                            torch.cuda.Event(enable_timing=True))
+
+    def _check_precision(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"torch precision {self.precision!r}: expected one of "
+                              f"{', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise EngineUnavailable("torch fp16 runs on CUDA only; got device 'cpu'")
+
+    def _load_module(self) -> Any:
+        import onnx
+
+        if not self.model_path.is_file():
+            raise ModelError(f"model {self.model_path}: file not found")
+        try:
+            proto = onnx.load(str(self.model_path))
+        except Exception as exc:  # onnx raises DecodeError and friends
+            raise ModelError(f"model {self.model_path}: not a readable ONNX ({exc})") from None
+        self._input_shape = _graph_input_shape(proto, self.model_path.name)
+        from bench.models.onnx_torch import OnnxModule
+
+        module = OnnxModule(proto)
+        self._output_names = list(module.output_names)
+        return module
+
+    def _deactivate(self) -> None:
+        self._module = None
+        if getattr(self, "_cuda", False):
+            self._torch.cuda.empty_cache()
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            images = torch.from_numpy(np.ascontiguousarray(batch))
+            images = images.to(self.device, self._dtype, non_blocking=False)
+            outputs = self._forward(images)
+        return {name: _to_numpy(value) for name, value in zip(self._output_names, outputs,
+                                                               strict=True)}
+
+    def _forward(self, images: Any) -> tuple:
+        if not self._cuda:
+            return tuple(self._module(images))
+        start, end = self._events
+        start.record()
+        outputs = tuple(self._module(images))
+        end.record()
+        # Synchronise before returning, or the caller times a launch, not an inference.
+        self._torch.cuda.synchronize(self.device)
+        self._gpu_ms.append(start.elapsed_time(end))
+        return outputs
+
+    @property
+    def input_shape(self) -> tuple:
+        return self._input_shape
+
+    def reset_timings(self) -> None:
+        """Forget the GPU times so far (e.g. between the accuracy and the latency pass)."""
+        self._gpu_ms = []
+
+    def extra_info(self) -> dict[str, Any]:
+        if not self.active:
+            return {}
+        info = {"torch_version": self._torch.__version__, "precision": self.precision,
+                "device": self.device}
+        if self._cuda:
+            info["gpu"] = self._torch.cuda.get_device_name(self.device)
+        return {**info, **gpu_time_summary(self._gpu_ms)}
+
+
+def half_module(module: Any) -> Any:
+    """module.half(), with its input cast following the weights to float16.
+
+    OnnxModule casts the images to the ONNX's declared input dtype (float32), which would
+    feed float32 into half weights; until it exposes that setting, we update it here.
+    """
+    import torch
+
+    module = module.half()
+    if getattr(module, "_input_dtype", None) == torch.float32:
+        module._input_dtype = torch.float16
+    return module
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    # Half outputs come back as float32 so decoders see one dtype; integer outputs
+    # (e.g. num_dets of an end-to-end export) keep theirs.
+    if value.is_floating_point() and value.element_size() < 4:
+        value = value.float()
+    return value.detach().cpu().numpy()
+
+
+def _graph_input_shape(proto: Any, model: str) -> tuple:
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelError(f"model {model}: expected one input, got {[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)

@@ -1,0 +1,206 @@
+"""The regression gate: accuracy floors against FP32 in the same run, and tolerances
+against the stored baseline. Every verdict line carries its numbers and thresholds.
+
+Default floors follow MLPerf Inference's accuracy targets: FP16 keeps >= 99 % of the FP32
+mAP, INT8 post-training quantization >= 95 % (a looser target for PTQ on detectors),
+INT8 QAT >= 99 %.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.report.baseline import Comparability, comparability
+from bench.report.display import fmt_ms
+from bench.report.rows import REFERENCE_VARIANT, Gate, ResultRow
+from bench.report.runs import Run
+
+DEFAULT_FLOORS: Mapping[str, float | None] = MappingProxyType({
+    "fp16": 0.99,
+    "int8-qat": 0.99,
+    "int8-": 0.95,  # int8-max, int8-entropy, int8-percentile, int8-mse
+    "trt-": 0.95,   # TensorRT's own implicit calibrators, where still available
+})
+
+
+def _check_fraction(name: str, value: object, hi: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 <= value <= hi:
+        raise ConfigError(f"gate: {name} = {value!r}, expected a number in [0, {hi}]")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Gate thresholds.
+
+    floors: variant name or prefix (a trailing '*' is allowed) -> minimum fraction of the
+    FP32 mAP; the exact name wins, then the longest prefix; None disables a floor.
+    map_drop_abs: largest allowed absolute mAP drop against the baseline.
+    latency_growth: largest allowed relative median-latency growth against the baseline.
+    """
+
+    floors: Mapping[str, float | None] = field(default_factory=lambda: DEFAULT_FLOORS)
+    map_drop_abs: float = 0.005
+    latency_growth: float = 0.10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.floors, Mapping):
+            raise ConfigError(f"gate: floors = {self.floors!r}, expected a mapping")
+        for key, floor in self.floors.items():
+            if floor is not None:
+                _check_fraction(f"floors[{key!r}]", floor, 1.0)
+        _check_fraction("map_drop_abs", self.map_drop_abs, 1.0)
+        _check_fraction("latency_growth", self.latency_growth, math.inf)
+        object.__setattr__(self, "floors", MappingProxyType(dict(self.floors)))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> GateConfig:
+        """Build from config data; `floors` is merged over the defaults."""
+        unknown = sorted(set(data) - {"floors", "map_drop_abs", "latency_growth"})
+        if unknown:
+            raise ConfigError(f"gate: unknown key(s) {unknown}, expected floors, "
+                              "map_drop_abs, latency_growth")
+        floors = {**DEFAULT_FLOORS, **dict(data.get("floors", {}))}
+        rest = {k: v for k, v in data.items() if k != "floors"}
+        return cls(floors=floors, **rest)
+
+    def floor_for(self, variant: str) -> float | None:
+        """The accuracy floor of a variant; None for fp32 and for unmatched names."""
+        if variant == REFERENCE_VARIANT:
+            return None
+        if variant in self.floors:
+            return self.floors[variant]
+        prefixes = [k for k in self.floors if variant.startswith(k.rstrip("*"))]
+        return self.floors[max(prefixes, key=len)] if prefixes else None
+
+    def describe(self) -> str:
+        floors = ", ".join(f"{k + '*' if k.endswith('-') else k} ≥ {v:g}×fp32"
+                           for k, v in self.floors.items() if v is not None)
+        return (f"floors: {floors or 'none'}; baseline: mAP drop ≤ {self.map_drop_abs:g}, "
+                f"median latency growth ≤ {_pct(self.latency_growth)}")
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g} %"
+
+
+@dataclass
+class _Verdict:
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def check(self, failed: bool, fail_text: str, pass_text: str) -> None:
+        (self.reasons if failed else self.notes).append(fail_text if failed else pass_text)
+
+
+def _floor_check(v: _Verdict, row: ResultRow, fp32: ResultRow | None, cfg: GateConfig) -> None:
+    floor = cfg.floor_for(row.variant)
+    if floor is None:
+        return
+    if fp32 is None or not fp32.ok or fp32.map is None:
+        v.notes.append(f"floor {floor:g} × fp32 not checked: no ok fp32 row with mAP in this run")
+        return
+    if row.map is None:
+        v.notes.append(f"floor {floor:g} × fp32 not checked: mAP not measured")
+        return
+    limit = floor * fp32.map
+    text = f"floor {floor:g} × fp32 {fp32.map:.3f} = {limit:.3f}"
+    v.check(row.map < limit, f"mAP {row.map:.3f} < {text}", f"mAP {row.map:.3f} ≥ {text}")
+
+
+def _baseline_map_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateConfig) -> None:
+    if row.map is None or base.map is None:
+        v.notes.append("mAP vs baseline not checked: mAP missing in "
+                       f"{'this run' if row.map is None else 'the baseline'}")
+        return
+    limit = base.map - cfg.map_drop_abs
+    text = f"baseline {base.map:.3f} − {cfg.map_drop_abs:g} = {limit:.3f}"
+    # A tiny epsilon: a drop of exactly the tolerance passes despite float rounding.
+    failed = row.map < limit - 1e-12
+    v.check(failed, f"mAP {row.map:.3f} < {text}", f"mAP {row.map:.3f} ≥ {text}")
+
+
+def _baseline_latency_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateConfig,
+                            comparable: Comparability) -> None:
+    if not comparable.comparable:
+        v.notes.append(f"latency not comparable: {comparable.why}")
+        return
+    if row.latency_ms is None or base.latency_ms is None:
+        v.notes.append("latency vs baseline not checked: median latency missing in "
+                       f"{'this run' if row.latency_ms is None else 'the baseline'}")
+        return
+    now, then = row.latency_ms.median, base.latency_ms.median
+    limit = then * (1 + cfg.latency_growth)
+    text = f"baseline {fmt_ms(then)} ms +{_pct(cfg.latency_growth)} = {fmt_ms(limit)} ms"
+    v.check(now > limit * (1 + 1e-12), f"median latency {fmt_ms(now)} ms > {text}",
+            f"median latency {fmt_ms(now)} ms ≤ {text}")
+
+
+def _baseline_checks(v: _Verdict, row: ResultRow, base: ResultRow | None, cfg: GateConfig,
+                     comparable: Comparability) -> None:
+    if base is None:
+        v.notes.append(f"no baseline row for {row.variant}")
+    elif not base.ok:
+        v.notes.append(f"baseline row {row.variant} is {base.status}: not compared")
+    else:
+        _baseline_map_check(v, row, base, cfg)
+        _baseline_latency_check(v, row, base, cfg, comparable)
+
+
+def evaluate_gate(row: ResultRow, fp32_row: ResultRow | None, baseline_row: ResultRow | None,
+                  comparable: Comparability, cfg: GateConfig | None = None) -> Gate:
+    """Judge one row: its floor against the same run's fp32 row, then the baseline row.
+
+    A failed row fails; a skipped row is not judged (passed None). Latency is compared with
+    the baseline only when `comparable` says so; otherwise a note says why not.
+    """
+    cfg = cfg or GateConfig()
+    if row.status == "skipped":
+        return Gate(None, (f"skipped: {row.reason}",))
+    if row.status == "failed":
+        return Gate(False, (f"failed: {row.error}",))
+    verdict = _Verdict()
+    _floor_check(verdict, row, fp32_row, cfg)
+    _baseline_checks(verdict, row, baseline_row, cfg, comparable)
+    return Gate(not verdict.reasons, tuple(verdict.reasons), tuple(verdict.notes))
+
+
+def match_baseline_row(row: ResultRow, baseline_rows: Iterable[ResultRow]) -> ResultRow | None:
+    """The baseline row for the same model, variant and backend, preferring the same device."""
+    same = [b for b in baseline_rows
+            if (b.model, b.variant, b.backend) == (row.model, row.variant, row.backend)]
+    on_device = [b for b in same if b.device == row.device]
+    return (on_device or same or [None])[0]
+
+
+def row_comparability(row: ResultRow, base: ResultRow, environment: Mapping[str, Any],
+                      baseline_env: Mapping[str, Any]) -> Comparability:
+    """Latency comparability of one row with its baseline row (rows, then environments)."""
+    if row.device != base.device:
+        return Comparability(False, f"device differs: {row.device!r} vs baseline {base.device!r}")
+    return comparability(baseline_env, environment, backend=row.backend)
+
+
+def gate_rows(rows: Iterable[ResultRow], environment: Mapping[str, Any], baseline: Run | None,
+              cfg: GateConfig | None = None) -> list[ResultRow]:
+    """Return the rows with their gate verdicts filled in."""
+    rows = list(rows)
+    refs = {r.group: r for r in rows if r.variant == REFERENCE_VARIANT}
+    judged = []
+    for row in rows:
+        base = match_baseline_row(row, baseline.rows) if baseline else None
+        comp = (row_comparability(row, base, environment, baseline.environment)
+                if base else Comparability(False, "no baseline"))
+        gate = evaluate_gate(row, refs.get(row.group), base, comp, cfg)
+        judged.append(replace(row, gate=gate))
+    return judged
+
+
+def gate_passed(rows: Iterable[ResultRow]) -> bool:
+    """True when no row's gate failed (skipped and unjudged rows do not fail a run)."""
+    return all(r.gate.passed is not False for r in rows)

@@ -1,0 +1,265 @@
+"""One immutable result row per (model, backend, device, variant), validated when created.
+
+A row is what the report, the gate and the baseline speak about. Numbers are checked
+for being finite and in range at creation, so a row that exists is a row that can be
+written, rendered and compared. COCOeval's -1 ("no objects of that size") must be passed
+as None: mAP figures here live in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any
+
+from bench.errors import InputDataError
+
+STATUSES = ("ok", "failed", "skipped")
+REFERENCE_VARIANT = "fp32"
+MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+NON_NEGATIVE_FIELDS = (
+    "power_w", "energy_mj_per_inference", "build_s", "calib_s", "eval_ips",
+)
+POSITIVE_FIELDS = ("throughput_ips", "speedup_vs_fp32")
+COUNT_FIELDS = ("artifact_bytes", "eval_images")
+TEXT_FIELDS = (
+    "error", "reason", "model", "backend", "device", "power_source", "power_reason", "artifact",
+)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(owner: str, name: str, value: object, lo: float, hi: float) -> None:
+    ok = _is_number(value) and math.isfinite(value) and lo <= value <= hi
+    if not ok:
+        raise InputDataError(
+            f"{owner}: {name} = {value!r} is out of range, expected a finite number in [{lo}, {hi}]"
+        )
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency statistics of one timing window, in milliseconds."""
+
+    median: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_number("LatencyStats", f.name, getattr(self, f.name), 0.0, math.inf)
+        # A small slack: percentiles from different interpolation rules can cross by rounding.
+        slack = 1e-9 * max(1.0, self.p99)
+        if not self.min <= self.median + slack <= self.p90 + 2 * slack <= self.p99 + 3 * slack:
+            raise InputDataError(
+                f"LatencyStats: expected min <= median <= p90 <= p99, got min={self.min}, "
+                f"median={self.median}, p90={self.p90}, p99={self.p99}"
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], owner: str = "latency") -> LatencyStats:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, Mapping) or set(data) != names:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise InputDataError(f"{owner}: expected keys {sorted(names)}, got {got}")
+        return cls(**{name: data[name] for name in names})
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The gate's verdict on one row.
+
+    passed is None when the gate did not judge (skipped row, or not evaluated yet).
+    reasons: why it failed or was skipped, each with its numbers.
+    notes: the checks that passed and the ones that could not be made, with their numbers.
+    """
+
+    passed: bool | None = None
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.passed not in (True, False, None):
+            raise InputDataError(f"Gate: passed = {self.passed!r}, expected true, false or null")
+        object.__setattr__(self, "reasons", tuple(str(r) for r in self.reasons))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return self.reasons + self.notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": list(self.reasons), "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Gate:
+        if not isinstance(data, Mapping) or "passed" not in data:
+            raise InputDataError(f"gate: expected an object with key 'passed', got {data!r}")
+        return cls(data["passed"], tuple(data.get("reasons", ())), tuple(data.get("notes", ())))
+
+
+def _as_latency(owner: str, name: str, value: object) -> LatencyStats | None:
+    if value is None or isinstance(value, LatencyStats):
+        return value
+    if isinstance(value, Mapping):
+        return LatencyStats.from_dict(value, owner=f"{owner}: {name}")
+    raise InputDataError(f"{owner}: {name} = {value!r}, expected LatencyStats, a mapping or None")
+
+
+def _frozen_extra(owner: str, extra: object) -> Mapping[str, Any]:
+    if not isinstance(extra, Mapping):
+        raise InputDataError(f"{owner}: extra = {extra!r}, expected a mapping")
+    try:
+        # A JSON round trip both proves the extras are JSON-safe and copies them deeply.
+        copied = json.loads(json.dumps(dict(extra), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InputDataError(f"{owner}: extra is not JSON-safe ({exc})") from None
+    return MappingProxyType(copied)
+
+
+@dataclass(frozen=True, eq=True)
+class ResultRow:
+    """One variant's result. Build with keywords; invalid values raise InputDataError."""
+
+    variant: str
+    status: str
+    error: str | None = None
+    reason: str | None = None  # why a row was skipped
+    model: str | None = None
+    backend: str | None = None
+    device: str | None = None
+    map: float | None = None
+    map50: float | None = None
+    map75: float | None = None
+    map_small: float | None = None
+    map_medium: float | None = None
+    map_large: float | None = None
+    delta_map_vs_fp32: float | None = None
+    latency_ms: LatencyStats | None = None
+    e2e_latency_ms: LatencyStats | None = None
+    throughput_ips: float | None = None
+    speedup_vs_fp32: float | None = None
+    power_w: float | None = None
+    energy_mj_per_inference: float | None = None
+    power_source: str | None = None
+    power_reason: str | None = None
+    artifact: str | None = None
+    artifact_bytes: int | None = None
+    build_s: float | None = None
+    calib_s: float | None = None
+    eval_images: int | None = None
+    eval_ips: float | None = None
+    gate: Gate = field(default_factory=Gate)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    __hash__ = None  # extra is a mapping: rows are compared, never hashed
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.variant, str) or not self.variant:
+            raise InputDataError(f"ResultRow: variant = {self.variant!r}, expected a non-empty str")
+        owner = f"ResultRow {self.variant!r}"
+        self._check_status(owner)
+        self._check_texts(owner)
+        self._check_numbers(owner)
+        for name in ("latency_ms", "e2e_latency_ms"):
+            object.__setattr__(self, name, _as_latency(owner, name, getattr(self, name)))
+        if not isinstance(self.gate, Gate):
+            object.__setattr__(self, "gate", Gate.from_dict(self.gate))
+        object.__setattr__(self, "extra", _frozen_extra(owner, self.extra))
+
+    def _check_status(self, owner: str) -> None:
+        if self.status not in STATUSES:
+            raise InputDataError(f"{owner}: status = {self.status!r}, expected one of {STATUSES}")
+        if self.status == "failed" and not self.error:
+            raise InputDataError(f"{owner}: a failed row needs an error message")
+        if self.status == "skipped" and not self.reason:
+            raise InputDataError(f"{owner}: a skipped row needs a reason")
+
+    def _check_texts(self, owner: str) -> None:
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InputDataError(f"{owner}: {name} = {value!r}, expected a str or None")
+
+    def _check_numbers(self, owner: str) -> None:
+        ranges = [(n, 0.0, 1.0) for n in MAP_FIELDS] + [("delta_map_vs_fp32", -1.0, 1.0)]
+        ranges += [(n, 0.0, math.inf) for n in NON_NEGATIVE_FIELDS]
+        ranges += [(n, 1e-300, math.inf) for n in POSITIVE_FIELDS]
+        for name, lo, hi in ranges:
+            if getattr(self, name) is not None:
+                _check_number(owner, name, getattr(self, name), lo, hi)
+        for name in COUNT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0):
+                raise InputDataError(f"{owner}: {name} = {value!r}, expected an int >= 0")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def group(self) -> tuple[str | None, str | None, str | None]:
+        """The rows that share a reference FP32 row: same model, backend and device."""
+        return (self.model, self.backend, self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; from_dict(row.to_dict()) == row."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (LatencyStats, Gate)):
+                value = value.to_dict()
+            elif f.name == "extra":
+                value = json.loads(json.dumps(dict(value)))
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
+        """Rebuild a row; unknown keys and missing variant/status raise InputDataError."""
+        if not isinstance(data, Mapping):
+            raise InputDataError(f"row: expected an object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputDataError(f"row {data.get('variant')!r}: unknown key(s) {unknown}")
+        for key in ("variant", "status"):
+            if key not in data:
+                raise InputDataError(f"row: missing key {key!r}")
+        return cls(**dict(data))
+
+
+def _reference(rows: Iterable[ResultRow]) -> dict[tuple, ResultRow]:
+    return {r.group: r for r in rows if r.variant == REFERENCE_VARIANT and r.ok}
+
+
+def _relative(row: ResultRow, ref: ResultRow | None) -> ResultRow:
+    delta = speedup = None
+    if row.ok and ref is not None:
+        if row.map is not None and ref.map is not None:
+            delta = row.map - ref.map
+        if row.latency_ms is not None and ref.latency_ms is not None and row.latency_ms.median > 0:
+            speedup = ref.latency_ms.median / row.latency_ms.median
+    return replace(row, delta_map_vs_fp32=delta, speedup_vs_fp32=speedup)
+
+
+def derive_relative(rows: Iterable[ResultRow]) -> list[ResultRow]:
+    """Fill delta_map_vs_fp32 and speedup_vs_fp32 from the ok fp32 row of the same group.
+
+    Both are None for rows that are not ok, and for every row of a group whose fp32 row
+    is missing or not ok (or lacks the figure).
+    """
+    rows = list(rows)
+    refs = _reference(rows)
+    return [_relative(r, refs.get(r.group)) for r in rows]

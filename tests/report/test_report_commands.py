@@ -1,0 +1,76 @@
+import argparse
+import json
+
+import pytest
+from report_builders import lat, make_env, make_row, standard_rows
+
+from bench.report.commands import add_report_commands
+
+
+def bench(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="bench")
+    add_report_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+def test_report_renders_latest_and_markdown(results_dir, write_standard_run, capsys):
+    run_dir = write_standard_run("r1")
+    assert bench("report", "--results", str(results_dir)) == 0
+    out = capsys.readouterr().out
+    assert "int8-max" in out and "r1" in out
+    assert bench("report", "r1", "--markdown", "--results", str(results_dir)) == 0
+    assert capsys.readouterr().out == (run_dir / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("report", "missing-run"), "bench report: error: run 'missing-run': no such file"),
+    (("compare", "a", "b"), "bench compare: error: run 'a'"),
+    (("baseline", "promote", "nope"), "bench baseline promote: error: run 'nope'"),
+])
+def test_bad_input_is_one_line_without_traceback(results_dir, argv, message, capsys):
+    assert bench(*argv, "--results", str(results_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_on_corrupt_file_names_it(tmp_path, capsys):
+    (tmp_path / "report.json").write_text('{"schema_version": 1}')
+    assert bench("report", str(tmp_path / "report.json")) == 2
+    assert "report.json: missing key 'environment'" in capsys.readouterr().err
+
+
+def test_compare_gates_b_against_a(results_dir, write_report_only, capsys):
+    ok = [make_row("fp32", map=0.612, latency_ms=lat(20.0)), make_row("fp16", map=0.61)]
+    write_report_only("a", rows=ok)
+    slower = [make_row("fp32", map=0.612, latency_ms=lat(30.0)), *ok[1:]]
+    write_report_only("b", rows=slower)
+    assert bench("compare", "a", "b", "--results", str(results_dir)) == 1
+    out = capsys.readouterr().out
+    assert "latency comparable" in out
+    assert "median latency 30.0 ms > baseline 20.0 ms +10 % = 22.0 ms" in out
+    assert "+50.0 %" in out
+    assert bench("compare", "a", "b", "--max-latency-growth", "0.6",
+                 "--results", str(results_dir)) == 0
+
+
+def test_compare_on_another_machine_ignores_latency(results_dir, write_report_only, capsys):
+    ok = [r for r in standard_rows() if r.status == "ok"]
+    write_report_only("a", rows=ok)
+    write_report_only("b", rows=[make_row("fp32", map=0.612, latency_ms=lat(90.0))],
+                       env=make_env(host={"cpu": "Intel Core i7"}))
+    assert bench("compare", "a", "b", "--results", str(results_dir)) == 0
+    out = capsys.readouterr().out
+    assert "latency NOT comparable: host.cpu differs" in out
+
+
+def test_baseline_promote_cli(results_dir, write_report_only, capsys):
+    write_report_only("r1")
+    assert bench("baseline", "promote", "latest", "--results", str(results_dir)) == 2
+    assert "--allow-failed" in capsys.readouterr().err
+    assert not (results_dir / "baseline.json").exists()
+    target = results_dir / "custom.json"
+    assert bench("baseline", "promote", "r1", "--allow-failed", "--to", str(target),
+                 "--results", str(results_dir)) == 0
+    assert json.loads(target.read_text())["promoted_from"] == "r1"
+    assert "promoted r1 ->" in capsys.readouterr().out
