@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import atomic_write_text
+
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -79,16 +81,3 @@ class ArtifactCache:
         atomic_write_text(sidecar, json.dumps(
             {"parts": parts, "build_s": build_s, "meta": meta}, indent=1, default=str))
         return Artifact(path, path.stat().st_size, build_s, False, meta)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,39 +1,25 @@
-"""Latency statistics from per-call timings, and the end-to-end measurement."""
+"""Latency statistics from per-call timings, and a plain timer for them."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from bench.report.rows import LatencyStats
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Per-call latency in milliseconds over `count` timed calls."""
 
-    median: float
-    p90: float
-    p99: float
-    mean: float
-    min: float
-    count: int
-
-    @classmethod
-    def from_seconds(cls, seconds: Sequence[float]) -> LatencyStats:
-        if len(seconds) == 0:
-            raise ValueError("no timings to summarise")
-        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-        if not np.all(np.isfinite(ms)) or np.any(ms < 0):
-            raise ValueError("timings must be finite and non-negative")
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()), len(ms))
-
-    def as_dict(self) -> dict[str, float]:
-        data = asdict(self)
-        data.pop("count")
-        return data
+def summarize(seconds: Sequence[float]) -> LatencyStats:
+    """Median, p90, p99, mean and min in milliseconds of per-call wall times in seconds."""
+    if len(seconds) == 0:
+        raise ValueError("no timings to summarise")
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if not np.all(np.isfinite(ms)) or np.any(ms < 0):
+        raise ValueError("timings must be finite and non-negative")
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(median=float(p50), p90=float(p90), p99=float(p99),
+                        mean=float(ms.mean()), min=float(ms.min()))
 
 
 def time_calls(call: Callable[[], object], rounds: int) -> list[float]:

@@ -23,8 +23,9 @@ from bench.engines.factory import make_engine, skip_reason
 from bench.environment import collect_environment
 from bench.errors import BenchError, EngineUnavailable
 from bench.inputs import RunInputs, resolve_inputs
-from bench.latency import LatencyStats, time_calls
+from bench.latency import summarize, time_calls
 from bench.power.base import PowerReading
+from bench.report.rows import LatencyStats
 from bench.variants import BuildContext, build_variant, spec_of
 
 # The latency pass hands its callable to a timer that returns per-call seconds.
@@ -146,8 +147,8 @@ class BenchSession:
             seconds = list(timer(lambda: engine.infer(batch), self.cfg.bench_rounds))
         finally:
             power = sampler.stop()
-        latency = LatencyStats.from_seconds(seconds)
-        e2e = LatencyStats.from_seconds(self._end_to_end(engine))
+        latency = summarize(seconds)
+        e2e = summarize(self._end_to_end(engine))
         return self._record_ok(prepared, latency, e2e, power, len(seconds))
 
     def staged_batch(self) -> np.ndarray:
@@ -188,24 +189,24 @@ class BenchSession:
             map=metrics["map"], map50=metrics["map50"], map75=metrics["map75"],
             map_small=metrics.get("map_small"), map_medium=metrics.get("map_medium"),
             map_large=metrics.get("map_large"),
-            latency_ms=latency.as_dict(), e2e_latency_ms=e2e.as_dict(),
+            latency_ms=latency, e2e_latency_ms=e2e,
             throughput_ips=1000.0 * per_call / latency.mean,
             power_w=power.mean_w, power_source=power.source, power_reason=power.reason,
             energy_mj_per_inference=power.energy_per_inference_mj(calls * per_call),
             artifact=str(prepared.artifact.path), artifact_bytes=prepared.artifact.bytes,
             build_s=prepared.build_s, eval_images=acc.n_images, eval_ips=acc.images_per_s,
-            extra=self._extra(prepared, power, inputs, latency))
+            extra=self._extra(prepared, power, inputs, calls))
         return self._store(row)
 
     def _extra(self, prepared: Prepared, power: PowerReading, inputs: RunInputs,
-               latency: LatencyStats) -> dict[str, Any]:
+               calls: int) -> dict[str, Any]:
         engine_info = prepared.engine.extra_info() if prepared.engine else {}
         return {"engine": engine_info, "artifact_cached": prepared.artifact.cached,
                 "artifact_meta": {k: v for k, v in prepared.artifact.meta.items() if k != "amax"},
                 "power": {"window_s": power.window_s, "samples": power.samples,
                           "interval_s": power.interval_s, "rails": power.rails,
                           "energy_j": power.energy_j, "meta": power.meta},
-                "imgsz": inputs.imgsz, "latency_rounds": latency.count,
+                "imgsz": inputs.imgsz, "latency_rounds": calls,
                 "accuracy_seconds": prepared.accuracy.seconds}
 
     def _identity(self) -> dict[str, Any]:
@@ -288,3 +289,16 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     kind = type(exc).__name__
     return f"{kind}: {text}" if text else kind
+
+
+def benchmark_extra_info(row: Any) -> dict[str, Any]:
+    """The figures pytest-benchmark's JSON carries beside its own timings."""
+    info: dict[str, Any] = {"variant": row.variant, "status": row.status}
+    if row.latency_ms is not None:
+        info.update({f"latency_{k}_ms": v for k, v in row.latency_ms.to_dict().items()})
+    for name in ("map", "map50", "delta_map_vs_fp32", "throughput_ips", "speedup_vs_fp32",
+                 "power_w", "energy_mj_per_inference", "power_source", "power_reason"):
+        info[name] = getattr(row, name)
+    if row.e2e_latency_ms is not None:
+        info["e2e_latency_median_ms"] = row.e2e_latency_ms.median
+    return info

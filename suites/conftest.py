@@ -60,10 +60,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     complete = set(bench.rows) == set(bench.cfg.variants) and exitstatus != 2
     benchmark_json = _benchmark_json(session.config)
-    run_dir = bench.finish(benchmark_json, complete)
     from bench.report.render_rich import print_run
+    from bench.report.runs import load_run
 
-    print_run(run_dir, file=sys.stdout)
+    run_dir = bench.finish(benchmark_json, complete)
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.ensure_newline()
+    print_run(load_run(run_dir))
+    print(f"report: {run_dir}", file=sys.stdout)
 
 
 def _benchmark_json(config: pytest.Config) -> dict | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.session import benchmark_extra_info
+
 
 def test_variant(variant, bench_session, benchmark):
     benchmark.group = "precision matrix"
@@ -25,7 +27,7 @@ def test_variant(variant, bench_session, benchmark):
         return list(benchmark.stats.stats.data)
 
     row = bench_session.measure(prepared, timer)
-    benchmark.extra_info.update(row.benchmark_extra_info())
+    benchmark.extra_info.update(benchmark_extra_info(row))
     if row.status == "failed":
         pytest.fail(f"{variant}: {row.error}", pytrace=False)
     assert row.gate.passed is not False, f"{variant} gate: " + "; ".join(row.gate.reasons)

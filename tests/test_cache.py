@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cache import ArtifactCache, atomic_write_text, cache_key, file_sha256
+from bench.atomic import atomic_write_text
+from bench.cache import ArtifactCache, cache_key, file_sha256
 
 
 def test_second_call_reuses_the_artifact(tmp_path: Path):

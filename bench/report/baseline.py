@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import InputDataError
-from bench.report.atomic import atomic_write_text
+from bench.atomic import atomic_write_text
 from bench.report.runs import Run, load_run, read_report
 
 REQUIRED_KEYS = ("device", "host.cpu", "backend")

@@ -14,7 +14,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.report.atomic import atomic_write_bytes
+from bench.atomic import atomic_write_bytes
 from bench.report.display import title_of
 from bench.report.rows import REFERENCE_VARIANT, ResultRow
 

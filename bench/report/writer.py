@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.report.atomic import atomic_symlink, atomic_write_text
+from bench.atomic import atomic_symlink, atomic_write_text
 from bench.report.frame import rows_to_frame
 from bench.report.render_markdown import render_markdown
 from bench.report.render_plot import write_pareto

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from report_builders import make_env, standard_rows
 
-from bench.report.atomic import atomic_write_text
+from bench.atomic import atomic_write_text
 from bench.report.runs import REPORT_NAME, Run
 from bench.report.writer import update_latest, write_run
 

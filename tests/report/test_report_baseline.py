@@ -3,8 +3,8 @@ import json
 import pytest
 from report_builders import make_row, standard_rows
 
+from bench import atomic
 from bench.errors import InputDataError
-from bench.report import atomic
 from bench.report.baseline import load_baseline, promote
 
 

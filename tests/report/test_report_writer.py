@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from report_builders import make_env, standard_rows
 
+from bench import atomic
+from bench.atomic import atomic_symlink, atomic_write, atomic_write_text
 from bench.errors import InputDataError
-from bench.report import atomic
-from bench.report.atomic import atomic_symlink, atomic_write, atomic_write_text
 from bench.report.runs import load_run
 from bench.report.writer import new_run_id, write_run
 
