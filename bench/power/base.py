@@ -29,13 +29,36 @@ class PowerReading:
     def __post_init__(self) -> None:
         if self.mean_w is None and not self.reason:
             raise ValueError("an empty PowerReading needs a reason")
-        if self.mean_w is not None and self.mean_w < 0:
-            raise ValueError(f"mean_w must be >= 0, got {self.mean_w}")
+        if self.reason and "\n" in self.reason:
+            raise ValueError(f"PowerReading.reason must be one line, got {self.reason!r}")
+        for name in ("mean_w", "energy_j", "window_s", "interval_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"PowerReading.{name} must be >= 0, got {value}")
+
+    @classmethod
+    def empty(cls, source: str, reason: str, **fields: Any) -> PowerReading:
+        """A reading with no figures; the reason is folded onto one line."""
+        return cls(source=source, reason=one_line(reason), **fields)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.mean_w is None
 
     def energy_per_inference_mj(self, inferences: int) -> float | None:
         if self.energy_j is None or inferences <= 0:
             return None
         return 1000.0 * self.energy_j / inferences
+
+    def inferences_per_joule(self, inferences: int) -> float | None:
+        if not self.energy_j or inferences <= 0:
+            return None
+        return inferences / self.energy_j
+
+
+def one_line(text: str) -> str:
+    """Collapse a multi-line message (jtop's, NVML's) into one line."""
+    return " ".join(str(text).split())
 
 
 class Sampler(abc.ABC):
@@ -54,10 +77,10 @@ class Sampler(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> PowerReading: ...
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        # stop() is called explicitly to get the reading; this only guarantees cleanup.
+    def __exit__(self, *exc: object) -> None:  # noqa: B027 - deliberately a no-op
+        # stop() is called explicitly to get the reading; the context only marks the window.
         pass
