@@ -85,7 +85,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     from bench.engines.factory import engine_class
-    from bench.power.auto import SOURCES
+    from bench.power.auto import make_sampler
 
     for backend, device in (("onnxruntime", "cpu"), ("onnxruntime", "cuda"),
                             ("tensorrt", "cuda"), ("torch", "cpu"), ("torch", "cuda")):
@@ -94,9 +94,9 @@ def _env(args: argparse.Namespace) -> int:
         except ImportError as exc:
             reason = f"cannot import its module ({exc})"
         print(f"engine {backend:<12} {device:<5} {'ok' if reason is None else reason}")
-    for name, sampler in SOURCES.items():
-        reason = sampler.unavailable_reason()
-        print(f"power  {name:<18} {'ok' if reason is None else reason}")
+    sampler = make_sampler("auto")
+    reading = sampler.stop() if sampler.source == "none" else None
+    print(f"power  auto picks {sampler.source}" + (f" ({reading.reason})" if reading else ""))
     return 0
 
 

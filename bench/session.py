@@ -63,6 +63,7 @@ class BenchSession:
         self._inputs_error: BenchError | None = None
         self._context: BuildContext | None = None
         self._baseline: Any = None
+        self._power_source: Any = None  # the source name auto picked, or its NoneSampler
         self.started = time.time()
 
     # -- inputs ---------------------------------------------------------------------------
@@ -85,6 +86,7 @@ class BenchSession:
             self._context = BuildContext(
                 cfg=self.cfg, model_path=inputs.model_path,
                 calib_batches=lambda: inputs.calib_batches(count),
+                qat_batches=lambda: inputs.calib_batches(self.cfg.qat_images, batch=8),
                 calib_id=f"{inputs.calib_label}|{count}|{inputs.imgsz}",
                 cache=ArtifactCache(Path(self.cfg.cache_dir) / "artifacts"))
         return self._context
@@ -135,13 +137,11 @@ class BenchSession:
             prepared.close()
 
     def _measure(self, prepared: Prepared, timer: Timer) -> Any:
-        from bench.power.auto import make_sampler
-
         batch = self.staged_batch()
         engine = prepared.engine
         for _ in range(self.cfg.bench_warmup):
             engine.infer(batch)
-        sampler = make_sampler(self.cfg.power, interval_s=self.cfg.power_interval_s)
+        sampler = self._sampler()
         sampler.start()
         try:
             seconds = list(timer(lambda: engine.infer(batch), self.cfg.bench_rounds))
@@ -150,6 +150,19 @@ class BenchSession:
         latency = summarize(seconds)
         e2e = summarize(self._end_to_end(engine))
         return self._record_ok(prepared, latency, e2e, power, len(seconds))
+
+    def _sampler(self) -> Any:
+        """A fresh sampler per window; "auto" probes the sources once per session."""
+        from bench.power.auto import make_sampler
+
+        interval = self.cfg.power_interval_s
+        if self._power_source is None:
+            first = make_sampler(self.cfg.power, interval_s=interval)
+            self._power_source = first if first.source == "none" else first.source
+            return first
+        if isinstance(self._power_source, str):
+            return make_sampler(self._power_source, interval_s=interval)
+        return self._power_source
 
     def staged_batch(self) -> np.ndarray:
         """The first evaluation image, letterboxed, repeated to the latency batch size."""
@@ -231,6 +244,9 @@ class BenchSession:
     def _store(self, row: Any) -> Any:
         from bench.report.gate import evaluate_gate
 
+        spec = spec_of(row.variant)
+        if row.status == "ok" and spec.kind == "ptq" and self._context is not None:
+            self._context.ptq_maps[spec.method] = row.map
         fp32 = self.rows.get("fp32")
         baseline_row, comparable = self._baseline_for(row)
         row = _with_relative(row, fp32)

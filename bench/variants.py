@@ -9,7 +9,7 @@ The same Q/DQ file runs on ONNX Runtime and on TensorRT; the engine decides the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import onnx
 
 from bench import __version__
 from bench.cache import Artifact, ArtifactCache, file_sha256
-from bench.config import BenchConfig
+from bench.config import KEEP_FLOAT_FLAGS, BenchConfig
 from bench.errors import ConfigError, ModelError
 
 
@@ -65,7 +65,17 @@ class BuildContext:
     calib_batches: CalibBatches
     calib_id: str  # identifies the calibration images (source + count + imgsz)
     cache: ArtifactCache
+    qat_batches: CalibBatches | None = None
+    # PTQ method -> mAP measured in this run; int8-qat's "best" init picks from it.
+    ptq_maps: dict[str, float] = field(default_factory=dict)
     _histograms: dict[str, Any] | None = None
+
+    def qat_init_method(self) -> str:
+        """The PTQ calibration QAT starts from: as configured, or the best measured so far
+        (mse when no PTQ variant has been measured in this run)."""
+        if self.cfg.qat_init != "best":
+            return self.cfg.qat_init
+        return max(self.ptq_maps, key=self.ptq_maps.get) if self.ptq_maps else "mse"
 
     @property
     def model_sha(self) -> str:
@@ -153,7 +163,11 @@ def _plan(ctx: BuildContext):
     from bench.quant.placement import KeepFloat, plan_quantization
 
     model = _load(ctx.model_path)
-    return model, plan_quantization(model, keep_float=KeepFloat.from_names(ctx.cfg.keep_float))
+    names = ctx.cfg.keep_float
+    keep = KeepFloat(first_conv="first_conv" in names, head="head" in names,
+                     decode="decode" in names,
+                     nodes=tuple(n for n in names if n not in KEEP_FLOAT_FLAGS))
+    return model, plan_quantization(model, keep_float=keep)
 
 
 def calibrate(ctx: BuildContext, plan: Any, method: str) -> dict[str, float]:
