@@ -66,7 +66,8 @@ class TorchEngine(Engine):
         self._torch = torch
         self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
         module = self._load_module().to(self.device).eval()
-        self._module = half_module(module) if self.precision == "fp16" else module
+        # OnnxModule casts its input to the weights' dtype, so .half() is all fp16 needs.
+        self._module = module.half() if self.precision == "fp16" else module
         self._cuda = self.device.startswith("cuda")
         if self._cuda:
             self._events = (torch.cuda.Event(enable_timing=True),
@@ -137,20 +138,6 @@ class TorchEngine(Engine):
         if self._cuda:
             info["gpu"] = self._torch.cuda.get_device_name(self.device)
         return {**info, **gpu_time_summary(self._gpu_ms)}
-
-
-def half_module(module: Any) -> Any:
-    """module.half(), with its input cast following the weights to float16.
-
-    OnnxModule casts the images to the ONNX's declared input dtype (float32), which would
-    feed float32 into half weights; until it exposes that setting, we update it here.
-    """
-    import torch
-
-    module = module.half()
-    if getattr(module, "_input_dtype", None) == torch.float32:
-        module._input_dtype = torch.float16
-    return module
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -121,15 +121,14 @@ def test_missing_or_broken_model_is_a_model_error(tmp_path):
 @needs_interpreter
 def test_half_module_runs_half_end_to_end(tmp_path):
     # The fp16 path of the engine (CUDA only there), exercised on the CPU's half kernels.
-    from bench.engines.pytorch import half_module
     from bench.models.onnx_torch import OnnxModule
 
     path = detector_like(tmp_path / "tiny.onnx")
     batch = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
     expected = ort_outputs(path, batch)
-    module = half_module(OnnxModule(onnx.load(path)).eval())
+    module = OnnxModule(onnx.load(path)).eval().half()
     with torch.inference_mode():
-        head, features = module(torch.from_numpy(batch).half())
+        head, features = module(torch.from_numpy(batch))  # float32 in: cast to the weights
     assert head.dtype == torch.float16 and features.dtype == torch.float16
     np.testing.assert_allclose(features.float().numpy(), expected["features"], atol=2e-2)
     np.testing.assert_allclose(head.float().numpy(), expected["head"], atol=2e-2)
