@@ -1,0 +1,265 @@
+"""The accuracy pass: letterbox -> infer -> decode + NMS -> COCO results -> COCOeval.
+
+Loading and letterboxing run in a thread pool, a few batches ahead of the engine, and
+decoding runs there too, behind it; the calling thread only feeds the engine. So the
+pass runs at close to the engine's own throughput wherever a spare core exists.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.data.coco import CocoDataset
+from bench.data.letterbox import Letterbox, letterbox_rgb, to_chw_float
+from bench.errors import ConfigError, InputDataError
+from bench.eval.coco_eval import METRIC_KEYS, evaluate, to_coco_results, write_results
+from bench.eval.decode import (
+    DEFAULT_CONF,
+    DEFAULT_MAX_DET,
+    Layout,
+    decode_outputs,
+    detect_layout,
+)
+from bench.eval.nms import DEFAULT_IOU
+
+Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
+_AHEAD = 2  # batches prepared ahead of the one the engine runs
+_POST_AHEAD = 4  # batches of outputs waiting for decoding, at most
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """Metrics and timing of one accuracy pass.
+
+    seconds covers the whole pass, COCOeval included; images_per_s is n_images over the
+    streaming part only (load, infer, decode), which is what prefetching speeds up;
+    infer_seconds is the time spent inside infer(); input_wait_seconds the time the
+    engine sat idle waiting for a prepared batch (near 0 when prefetching keeps up).
+    """
+
+    metrics: dict[str, float]
+    n_images: int
+    seconds: float
+    images_per_s: float
+    infer_seconds: float
+    eval_seconds: float = 0.0
+    input_wait_seconds: float = 0.0
+    results_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if set(self.metrics) != set(METRIC_KEYS):
+            raise ValueError(f"metrics keys {sorted(self.metrics)} differ from {list(METRIC_KEYS)}")
+        if self.n_images < 1 or min(self.seconds, self.images_per_s, self.infer_seconds) < 0:
+            raise ValueError(
+                f"implausible accuracy timing: {self.n_images} images, {self.seconds} s"
+            )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    num_classes: int
+    class_to_category: tuple[int, ...]
+
+
+def select_ids(dataset: CocoDataset, eval_count: int | None) -> list[int]:
+    """The first eval_count image ids in sorted order (all when None)."""
+    ids = sorted(dataset.image_ids)
+    if not ids:
+        raise InputDataError(f"evaluation set is empty: no images in {dataset.annotation_path}")
+    if eval_count is None:
+        return ids
+    if eval_count < 1:
+        raise ConfigError(f"eval_count must be at least 1, got {eval_count}")
+    return ids[:eval_count]
+
+
+class LetterboxCache:
+    """Letterboxed uint8 images kept across accuracy passes (one per variant), up to max_bytes.
+
+    Decoding and resizing then happen once per session instead of once per variant;
+    images past the budget are simply prepared again each time.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: dict[tuple[int, int], tuple[np.ndarray, Letterbox]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> tuple[np.ndarray, Letterbox] | None:
+        return self._items.get(key)
+
+    def put(self, key: tuple[int, int], canvas: np.ndarray, box: Letterbox) -> None:
+        with self._lock:
+            if key not in self._items and self.used + canvas.nbytes <= self.max_bytes:
+                self._items[key] = (canvas, box)
+                self.used += canvas.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _prepare_one(
+    dataset: CocoDataset, image_id: int, imgsz: int, out: np.ndarray, cache: LetterboxCache | None
+) -> Letterbox:
+    hit = cache.get((image_id, imgsz)) if cache is not None else None
+    if hit is None:
+        hit = letterbox_rgb(dataset.load_rgb(image_id), imgsz)
+        if cache is not None:
+            cache.put((image_id, imgsz), *hit)
+    to_chw_float(hit[0], out)
+    return hit[1]
+
+
+def _submit_batch(pool, dataset, chunk: Sequence[int], size: int, imgsz: int, cache):
+    # The batch array is allocated at its full (possibly fixed) size; padding stays zero.
+    arr = np.zeros((size, 3, imgsz, imgsz), dtype=np.float32)
+    boxes = [
+        pool.submit(_prepare_one, dataset, i, imgsz, arr[k], cache) for k, i in enumerate(chunk)
+    ]
+    return arr, boxes
+
+
+def _prefetched(
+    pool, dataset, chunks, sizes, imgsz, cache
+) -> Iterator[tuple[np.ndarray, list[Letterbox]]]:
+    pending: deque = deque()
+    upcoming = iter(zip(chunks, sizes, strict=True))
+    for chunk, size in upcoming:
+        pending.append(_submit_batch(pool, dataset, chunk, size, imgsz, cache))
+        if len(pending) > _AHEAD:
+            break
+    while pending:
+        arr, futures = pending.popleft()
+        boxes = [f.result() for f in futures]
+        nxt = next(upcoming, None)
+        if nxt is not None:
+            pending.append(_submit_batch(pool, dataset, nxt[0], nxt[1], imgsz, cache))
+        yield arr, boxes
+
+
+def _postprocess(outputs, layout: Layout, n_batch: int, chunk, boxes, s: _Settings) -> list[dict]:
+    dets = decode_outputs(
+        outputs,
+        batch_size=n_batch,
+        num_classes=s.num_classes,
+        conf=s.conf,
+        iou=s.iou,
+        max_det=s.max_det,
+        layout=layout,
+    )
+    results: list[dict] = []
+    # zip stops at the real images: the padding's detections fall off here.
+    for image_id, det, box in zip(chunk, dets, boxes, strict=False):
+        results += to_coco_results(image_id, det, box, s.class_to_category)
+    return results
+
+
+def _chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _check_batching(batch: int, fixed_batch: int | None) -> int:
+    size = fixed_batch if fixed_batch is not None else batch
+    if size < 1:
+        name = "fixed_batch" if fixed_batch is not None else "batch"
+        raise ConfigError(f"{name} must be at least 1, got {size}")
+    return size
+
+
+def run_accuracy(
+    infer: Infer,
+    dataset: CocoDataset,
+    *,
+    imgsz: int,
+    batch: int = 1,
+    conf: float = DEFAULT_CONF,
+    iou: float = DEFAULT_IOU,
+    max_det: int = DEFAULT_MAX_DET,
+    eval_count: int | None = None,
+    progress: bool = True,
+    fixed_batch: int | None = None,
+    workers: int | None = None,
+    results_path: Path | None = None,
+    cache: LetterboxCache | None = None,
+) -> AccuracyResult:
+    """Run the model over the evaluation images and score it with COCOeval.
+
+    fixed_batch: the model's batch size when it cannot vary; the last batch is padded to
+    it and the padding's outputs dropped. results_path: also write the COCO results JSON.
+    cache: share one LetterboxCache between the passes of a session (same dataset).
+    """
+    from tqdm import tqdm
+
+    size = _check_batching(batch, fixed_batch)
+    ids = select_ids(dataset, eval_count)
+    chunks = _chunks(ids, size)
+    sizes = [size if fixed_batch is not None else len(c) for c in chunks]
+    s = _Settings(imgsz, conf, iou, max_det, dataset.num_classes, tuple(dataset.class_to_category))
+    workers = workers or min(4, os.cpu_count() or 1)
+    start = time.perf_counter()
+    bar = tqdm(total=len(ids), desc="accuracy", unit="img", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
+    try:
+        clock, results = _stream(infer, pool, dataset, chunks, sizes, s, bar, cache)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    streamed = time.perf_counter() - start
+    metrics = evaluate(dataset.coco, results, ids)
+    path = write_results(results_path, results) if results_path is not None else None
+    total = time.perf_counter() - start
+    return AccuracyResult(
+        metrics=metrics,
+        n_images=len(ids),
+        seconds=total,
+        images_per_s=len(ids) / streamed,
+        infer_seconds=clock.infer,
+        eval_seconds=total - streamed,
+        input_wait_seconds=clock.wait,
+        results_path=path,
+    )
+
+
+@dataclass
+class _Clock:
+    infer: float = 0.0
+    wait: float = 0.0
+
+
+def _stream(
+    infer: Infer, pool, dataset, chunks, sizes, s: _Settings, bar, cache
+) -> tuple[_Clock, list]:
+    """Feed the engine; returns its clock and the COCO results, in image order."""
+    clock, layout, results = _Clock(), None, []
+    post: deque = deque()
+    batches = _prefetched(pool, dataset, chunks, sizes, s.imgsz, cache)
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        arr, boxes = next(batches)
+        t1 = time.perf_counter()
+        outputs = infer(arr)
+        clock.wait, clock.infer = clock.wait + t1 - t0, clock.infer + time.perf_counter() - t1
+        # Copies, because an engine may reuse its output buffers on the next call.
+        outputs = {name: np.array(a, copy=True) for name, a in outputs.items()}
+        layout = layout or detect_layout(outputs, s.num_classes)
+        post.append(pool.submit(_postprocess, outputs, layout, arr.shape[0], chunk, boxes, s))
+        while len(post) > _POST_AHEAD:  # bounds the outputs held in memory
+            results += post.popleft().result()
+        bar.update(len(chunk))
+    while post:
+        results += post.popleft().result()
+    return clock, results

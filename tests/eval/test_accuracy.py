@@ -1,0 +1,184 @@
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bench.data import synthetic
+from bench.data.coco import CocoDataset
+from bench.data.letterbox import letterbox
+from bench.errors import ConfigError, InputDataError, ModelError
+from bench.eval.accuracy import AccuracyResult, LetterboxCache, run_accuracy
+
+IMGSZ = 96
+ROWS = 12  # predictions per image in the oracle's raw output
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return synthetic.generate(
+        tmp_path_factory.mktemp("acc") / "ds", n_train=1, n_eval=6, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def val(root) -> CocoDataset:
+    return CocoDataset.open(root, "val")
+
+
+def _key(chw: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(chw).tobytes()).hexdigest()
+
+
+class Oracle:
+    """Answers each letterboxed image with its ground truth in the raw [B, N, 5+C] layout."""
+
+    def __init__(self, ds: CocoDataset):
+        self.table: dict[str, np.ndarray] = {}
+        self.shapes: list[tuple] = []
+        c = ds.num_classes
+        for i in ds.image_ids:
+            chw, box = letterbox(ds.load_rgb(i), IMGSZ)
+            rows = np.zeros((ROWS, 5 + c), np.float32)
+            for r, a in enumerate(ds.coco.imgToAnns[i][:ROWS]):
+                x, y, w, h = a["bbox"]
+                rx, ry = box.ratio
+                rows[r, :5] = [
+                    (x + w / 2) * rx + box.pad[0],
+                    (y + h / 2) * ry + box.pad[1],
+                    w * rx,
+                    h * ry,
+                    1,
+                ]
+                rows[r, 5 + ds.class_to_category.index(a["category_id"])] = 1
+            self.table[_key(chw)] = rows
+        self.blank = np.zeros((ROWS, 5 + c), np.float32)
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.shapes.append(batch.shape)
+        return {"output": np.stack([self.table.get(_key(b), self.blank) for b in batch])}
+
+
+@pytest.mark.parametrize("batch, fixed", [(1, None), (4, None), (1, 4)])
+def test_oracle_scores_one_with_any_batching(val, batch, fixed):
+    oracle = Oracle(val)
+    res = run_accuracy(oracle, val, imgsz=IMGSZ, batch=batch, fixed_batch=fixed, progress=False)
+    assert isinstance(res, AccuracyResult) and res.n_images == 6
+    assert res.metrics["map"] == pytest.approx(1.0) and res.metrics["map50"] == pytest.approx(1.0)
+    assert res.infer_seconds > 0 and res.images_per_s > 0 and res.seconds >= res.infer_seconds
+    # 6 images: batch 4 -> 4 + 2; fixed batch 4 -> 4 + 4, the last 2 of them padding.
+    expected = [4, 4] if fixed else {1: [1] * 6, 4: [4, 2]}[batch]
+    assert [s[0] for s in oracle.shapes] == expected
+
+
+def test_eval_count_takes_the_first_ids(val, tmp_path):
+    oracle = Oracle(val)
+    path = tmp_path / "pred.json"
+    res = run_accuracy(oracle, val, imgsz=IMGSZ, eval_count=2, progress=False, results_path=path)
+    assert res.n_images == 2 and res.metrics["map"] == pytest.approx(1.0)
+    written = json.loads(path.read_text())
+    assert {r["image_id"] for r in written} == set(val.image_ids[:2])
+    assert res.results_path == path
+    with pytest.raises(ConfigError, match="got 0"):
+        run_accuracy(oracle, val, imgsz=IMGSZ, eval_count=0, progress=False)
+
+
+def _onnx_raw_model(path: Path, num_classes: int) -> Path:
+    """images [B,3,S,S] -> pooled colour -> Gemm -> sigmoid -> scaled to [B, N, 5+C]."""
+    width = 5 + num_classes
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 3, (3, ROWS * width)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 1, (ROWS * width,)).astype(np.float32), "b")
+    scale = np.ones((1, 1, width), np.float32)
+    scale[..., :4] = [IMGSZ, IMGSZ, IMGSZ / 3, IMGSZ / 3]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["dense"]),
+        helper.make_node("Reshape", ["dense", "shape"], ["grid"]),
+        helper.make_node("Sigmoid", ["grid"], ["prob"]),
+        helper.make_node("Mul", ["prob", "scale"], ["output"]),
+    ]
+    inits = [
+        w,
+        b,
+        numpy_helper.from_array(np.array([-1, ROWS, width], np.int64), "shape"),
+        numpy_helper.from_array(scale, "scale"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "raw",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, IMGSZ, IMGSZ])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", ROWS, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_real_onnxruntime_model(val, tmp_path):
+    sess = _session(_onnx_raw_model(tmp_path / "raw.onnx", val.num_classes))
+    names = [o.name for o in sess.get_outputs()]
+    infer = lambda x: dict(zip(names, sess.run(None, {"images": x}), strict=True))  # noqa: E731
+    res = run_accuracy(infer, val, imgsz=IMGSZ, batch=4, progress=False)
+    assert res.n_images == 6 and 0.0 <= res.metrics["map"] < 0.5  # random weights: a poor detector
+    assert all(0.0 <= v <= 1.0 for v in res.metrics.values() if v == v)
+
+
+def test_nan_output_is_a_model_error(val):
+    def infer(x):
+        out = np.zeros((x.shape[0], 4, 5 + val.num_classes), np.float32)
+        out[0, 1, 2] = np.nan
+        return {"output": out}
+
+    with pytest.raises(ModelError, match="output 'output'"):
+        run_accuracy(infer, val, imgsz=IMGSZ, progress=False)
+
+
+def test_class_count_mismatch(val):
+    infer = lambda x: {"output": np.zeros((x.shape[0], 100, 85), np.float32)}  # noqa: E731
+    with pytest.raises(InputDataError, match="80 classes, but the dataset has 8"):
+        run_accuracy(infer, val, imgsz=IMGSZ, progress=False)
+
+
+def test_corrupt_image_is_named(root, tmp_path):
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    ds = CocoDataset.open(copy, "val")
+    bad = ds.image_path(ds.image_ids[3])
+    bad.write_bytes(b"broken")
+    with pytest.raises(InputDataError, match=bad.name):
+        run_accuracy(Oracle(CocoDataset.open(root, "val")), ds, imgsz=IMGSZ, progress=False)
+
+
+def test_letterbox_cache_is_shared_and_bounded(root, tmp_path):
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    ds = CocoDataset.open(copy, "val")
+    oracle, cache = Oracle(ds), LetterboxCache()
+    first = run_accuracy(oracle, ds, imgsz=IMGSZ, progress=False, cache=cache)
+    assert len(cache) == 6 and cache.used == 6 * IMGSZ * IMGSZ * 3
+    for i in ds.image_ids:  # a second pass must not need the files any more
+        ds.image_path(i).unlink()
+    second = run_accuracy(oracle, ds, imgsz=IMGSZ, progress=False, cache=cache)
+    assert second.metrics == first.metrics and second.metrics["map"] == pytest.approx(1.0)
+    small = LetterboxCache(max_bytes=2 * IMGSZ * IMGSZ * 3)
+    run_accuracy(
+        Oracle(CocoDataset.open(root, "val")),
+        CocoDataset.open(root, "val"),
+        imgsz=IMGSZ,
+        progress=False,
+        cache=small,
+    )
+    assert len(small) == 2
