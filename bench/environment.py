@@ -38,7 +38,7 @@ def collect_environment(cfg: BenchConfig, inputs: Any | None) -> dict[str, Any]:
     if inputs is not None:
         env.update(model=inputs.model_label, model_path=str(inputs.model_path),
                    model_sha256=inputs.model_sha, imgsz=inputs.imgsz,
-                   dataset=str(getattr(inputs.dataset, "root", "")),
+                   dataset=str(inputs.dataset.annotation_path),
                    calibration=inputs.calib_label, calib_count=cfg.calib_count,
                    eval_count=cfg.eval_count)
     return env

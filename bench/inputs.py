@@ -106,7 +106,8 @@ def _datasets(cfg: BenchConfig) -> tuple[Any, Any, str]:
         root = ensure_default(Path(cfg.cache_dir) / "datasets")
         evaluation = CocoDataset(root, split="val")
         return evaluation, _calib_source(cfg, root), "default train split"
-    evaluation = CocoDataset(Path(cfg.coco), split=cfg.coco_split)
+    root = Path(cfg.coco)
+    evaluation = CocoDataset(root, split=cfg.coco_split or _split_like(root, "val"))
     return evaluation, _calib_source(cfg, Path(cfg.coco)), str(cfg.calib or cfg.coco)
 
 
@@ -117,18 +118,19 @@ def _calib_source(cfg: BenchConfig, coco_root: Path) -> Any:
     if cfg.calib is not None:
         path = Path(cfg.calib)
         if (path / "annotations").is_dir():
-            return CocoDataset(path, split=_train_split(path))
+            return CocoDataset(path, split=_split_like(path, "train"))
         return ImageFolder(path)
-    split = _train_split(coco_root)
+    split = _split_like(coco_root, "train")
     if split is None:
         raise InputDataError(f"{coco_root}: no training split to calibrate on; "
                              "expected annotations/instances_train*.json or --calib DIR")
     return CocoDataset(coco_root, split=split)
 
 
-def _train_split(root: Path) -> str | None:
+def _split_like(root: Path, prefix: str) -> str | None:
+    """The first split named prefix* (train2017, val2017, ...), or None."""
     names = sorted(p.stem.removeprefix("instances_")
-                   for p in (root / "annotations").glob("instances_train*.json"))
+                   for p in (root / "annotations").glob(f"instances_{prefix}*.json"))
     return names[0] if names else None
 
 

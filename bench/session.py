@@ -22,6 +22,7 @@ from bench.engines.base import Engine
 from bench.engines.factory import make_engine, skip_reason
 from bench.environment import collect_environment
 from bench.errors import BenchError, EngineUnavailable
+from bench.eval.accuracy import LetterboxCache
 from bench.inputs import RunInputs, resolve_inputs
 from bench.latency import summarize, time_calls
 from bench.power.base import PowerReading
@@ -64,6 +65,7 @@ class BenchSession:
         self._context: BuildContext | None = None
         self._baseline: Any = None
         self._power_source: Any = None  # the source name auto picked, or its NoneSampler
+        self._letterboxed = LetterboxCache()  # images decoded and resized once per session
         self.started = time.time()
 
     # -- inputs ---------------------------------------------------------------------------
@@ -120,7 +122,7 @@ class BenchSession:
                 engine.infer, inputs.dataset, imgsz=inputs.imgsz, batch=self.cfg.eval_batch,
                 conf=self.cfg.conf, iou=self.cfg.iou, max_det=self.cfg.max_det,
                 eval_count=self.cfg.eval_count, progress=self.cfg.progress,
-                fixed_batch=inputs.fixed_batch)
+                fixed_batch=inputs.fixed_batch, cache=self._letterboxed)
         except BaseException:
             prepared.close()
             raise

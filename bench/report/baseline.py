@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.errors import InputDataError
 from bench.atomic import atomic_write_text
+from bench.errors import InputDataError
 from bench.report.runs import Run, load_run, read_report
 
 REQUIRED_KEYS = ("device", "host.cpu", "backend")

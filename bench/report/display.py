@@ -71,8 +71,39 @@ def row_notes(row: ResultRow) -> list[str]:
     elif row.status == "skipped":
         notes.append(f"{row.variant} skipped: {row.reason}")
     elif row.power_w is None:
-        notes.append(f"{row.variant}: no power figure ({row.power_reason or 'no reason recorded'})")
+        notes.append(f"{row.variant}: {_no_power(row)}")
     return notes
+
+
+def _no_power(row: ResultRow) -> str:
+    return f"no power figure ({row.power_reason or 'no reason recorded'})"
+
+
+def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]]:
+    """The notes of a run, rows with the same missing-power reason sharing one note.
+
+    Returns the notes and, per row, the (0-based) indices of the notes it refers to.
+    """
+    rows = list(rows)
+    notes: list[str] = []
+    refs: list[list[int]] = []
+    power: dict[str, list[str]] = {}
+    for row in rows:
+        if row.status == "ok" and row.power_w is None:
+            power.setdefault(_no_power(row), []).append(row.variant)
+    power_index: dict[str, int] = {}
+    for row in rows:
+        key = _no_power(row) if row.status == "ok" and row.power_w is None else None
+        if key is None:
+            mine = row_notes(row)
+            refs.append(list(range(len(notes), len(notes) + len(mine))))
+            notes += mine
+            continue
+        if key not in power_index:
+            power_index[key] = len(notes)
+            notes.append(f"{', '.join(power[key])}: {key}")
+        refs.append([power_index[key]])
+    return notes, refs
 
 
 def title_of(rows: Iterable[ResultRow]) -> str:

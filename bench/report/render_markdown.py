@@ -8,7 +8,7 @@ from bench.report.display import (
     NUMERIC_HEADERS,
     display_frame,
     flatten_environment,
-    row_notes,
+    grouped_notes,
     title_of,
 )
 from bench.report.rows import ResultRow
@@ -35,12 +35,8 @@ def _table_lines(header: list[str], body: list[list[str]], right: set[str]) -> l
 
 def _numbered_notes(rows: list[ResultRow]) -> tuple[list[str], list[str]]:
     """The notes list and, per row, the superscript marks pointing into it."""
-    notes: list[str] = []
-    marks: list[str] = []
-    for row in rows:
-        mine = row_notes(row)
-        marks.append(",".join(str(len(notes) + i) for i in range(1, len(mine) + 1)))
-        notes += mine
+    notes, refs = grouped_notes(rows)
+    marks = [",".join(str(i + 1) for i in mine) for mine in refs]
     return notes, [m.translate(SUPERSCRIPT).replace(",", "˒") for m in marks]
 
 

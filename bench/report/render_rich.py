@@ -12,7 +12,7 @@ from bench.report.display import (
     NUMERIC_HEADERS,
     display_frame,
     flatten_environment,
-    row_notes,
+    grouped_notes,
     title_of,
 )
 from bench.report.rows import ResultRow
@@ -67,7 +67,7 @@ def gate_text(rows: Iterable[ResultRow]) -> Text:
 
 def notes_text(rows: Iterable[ResultRow]) -> Text:
     text = Text()
-    for note in (n for row in rows for n in row_notes(row)):
+    for note in grouped_notes(rows)[0]:
         text.append(f"• {note}\n", style="dim")
     return text
 

@@ -29,10 +29,10 @@ def test_markdown_has_title_table_reasons_footnotes_and_environment():
     md = render_markdown(judged_run(), thresholds=GateConfig().describe())
     assert md.startswith("## Benchmark: yolov7-tiny · onnxruntime · cpu")
     assert "| variant | status | mAP | ΔmAP |" in md
-    assert "| int8-max² | ok | 0.512 | −0.100 |" in md
+    assert "| int8-max¹ | ok | 0.512 | −0.100 |" in md  # shares fp16's power note
     assert "**Gate: ❌ failed** for int8-max, int8-mse" in md
     assert "  - mAP 0.512 < floor 0.95 × fp32 0.612 = 0.581" in md
-    assert "fp16¹" in md and "1. fp16: no power figure (no power source)" in md
+    assert "fp16¹" in md and "1. fp16, int8-max: no power figure (no power source)" in md
     assert "int8-qat skipped: TensorRT not installed" in md
     assert "ModelError: Q/DQ \\| \\[bad\\] scale" in md  # escaped, shown literally
     assert "<details><summary>Environment</summary>" in md and "| host.cpu | AMD EPYC 7B13 |" in md
