@@ -8,7 +8,9 @@ unit tests under tests/ do not grow benchmark options.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from bench.errors import BenchError
 from bench.session import BenchSession
 
 _SESSION_KEY = pytest.StashKey[BenchSession]()
+_TEMP_JSON_KEY = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=f"bench_{name}", default=None, help=HELP[name])
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     options = {name: config.getoption(f"bench_{name}") for name in FIELDS}
     try:
@@ -38,6 +42,18 @@ def pytest_configure(config: pytest.Config) -> None:
     except BenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_SESSION_KEY] = BenchSession(cfg)
+    _capture_benchmark_json(config)
+
+
+def _capture_benchmark_json(config: pytest.Config) -> None:
+    """Have pytest-benchmark write its JSON (all timings) even without --benchmark-json,
+    so every run folder carries it; the user's own --benchmark-json path still wins."""
+    bench = getattr(config, "_benchmarksession", None)
+    if bench is not None and not bench.json:
+        fd, path = tempfile.mkstemp(prefix="bench-benchmark-", suffix=".json")
+        os.close(fd)
+        bench.json = Path(path)
+        config.stash[_TEMP_JSON_KEY] = Path(path)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -73,6 +89,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _benchmark_json(config: pytest.Config) -> dict | None:
     path = getattr(getattr(config, "_benchmarksession", None), "json", None)
-    if path and Path(path).is_file():
-        return json.loads(Path(path).read_text())
-    return None
+    try:
+        text = Path(path).read_text() if path else ""
+        return json.loads(text) if text.strip() else None
+    finally:
+        temp = config.stash.get(_TEMP_JSON_KEY, None)
+        if temp is not None:
+            temp.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def engine_class(backend: str) -> type[Engine]:
 
 def skip_reason(cfg: BenchConfig, spec: VariantSpec) -> str | None:
     """Why this variant does not run on this backend and machine, or None."""
+    if spec.kind == "qat" and importlib.util.find_spec("torch") is None:
+        return "int8-qat fine-tunes in PyTorch, which is not installed (pip install '.[torch]')"
     if spec.kind == "trt-implicit" and cfg.backend != "tensorrt":
         return f"{spec.name} uses TensorRT's own calibrator; it needs --backend tensorrt"
     if cfg.backend == "torch" and spec.kind not in ("reference", "fp16"):

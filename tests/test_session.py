@@ -1,0 +1,92 @@
+"""The session end to end on real files: build, evaluate, time, gate, report."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.config import load_config
+from bench.session import BenchSession
+
+
+def _session(tmp_path: Path, model: Path, coco: Path, **options) -> BenchSession:
+    cfg = load_config({"model": str(model), "coco": str(coco), "eval_count": 4,
+                       "calib_count": 4, "bench_rounds": 5, "bench_warmup": 1,
+                       "progress": False, "power": "none", "cache_dir": str(tmp_path / "cache"),
+                       "results_dir": str(tmp_path / "results"),
+                       "baseline": str(tmp_path / "baseline.json"), **options},
+                      env={}, pyproject=None)
+    return BenchSession(cfg)
+
+
+def _run(session: BenchSession, variant: str):
+    prepared = session.prepare(variant)
+    return session.measure(prepared) if prepared.status == "ok" else session.rows[variant]
+
+
+def test_variants_build_evaluate_and_report(tmp_path, tiny_detector, tiny_coco):
+    session = _session(tmp_path, tiny_detector, tiny_coco,
+                       variants="fp32,int8-max,trt-minmax")
+    rows = [_run(session, v) for v in ("fp32", "int8-max", "trt-minmax")]
+    fp32, int8, trt = rows
+    assert fp32.status == int8.status == "ok" and trt.status == "skipped"
+    assert "needs --backend tensorrt" in trt.reason
+    assert 0.0 <= int8.map <= 1.0 and int8.eval_images == 4
+    assert int8.latency_ms.median > 0 and int8.delta_map_vs_fp32 == pytest.approx(
+        int8.map - fp32.map)
+    assert int8.power_source == "none" and int8.power_w is None and int8.power_reason
+    assert int8.artifact_bytes > 0 and Path(int8.artifact).is_file()
+
+    run_dir = session.finish(None, complete=True)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["fp32", "int8-max", "trt-minmax"]
+    assert report["environment"]["model_sha256"] and (run_dir / "pareto.png").is_file()
+    assert (tmp_path / "results" / "latest" / "report.json").is_file()
+
+
+def test_second_session_reuses_the_cached_artifact(tmp_path, tiny_detector, tiny_coco):
+    first = _session(tmp_path, tiny_detector, tiny_coco, variants="int8-mse")
+    built = first.prepare("int8-mse")
+    built.close()
+    again = _session(tmp_path, tiny_detector, tiny_coco, variants="int8-mse").prepare("int8-mse")
+    again.close()
+    assert not built.artifact.cached and again.artifact.cached
+    assert again.artifact.path == built.artifact.path
+
+
+def test_a_failing_variant_becomes_a_failed_row_and_others_go_on(tmp_path, tiny_detector,
+                                                                 tiny_coco):
+    session = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32,int8-max",
+                       keep_float="first_conv,head,decode,no-such-node*")
+    failed = _run(session, "int8-max")
+    assert failed.status == "failed" and "no-such-node" in failed.error
+    assert _run(session, "fp32").status == "ok"
+
+
+def test_bad_model_fails_every_variant_with_one_line(tmp_path, tiny_coco):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00not onnx")
+    session = _session(tmp_path, bad, tiny_coco, variants="fp32,fp16")
+    rows = [_run(session, v) for v in ("fp32", "fp16")]
+    assert all(r.status == "failed" and "broken.onnx" in r.error for r in rows)
+    assert all("\n" not in r.error for r in rows)
+
+
+def test_class_count_mismatch_is_named(tmp_path, tiny_coco):
+    torch = pytest.importorskip("torch")
+    from bench.models.export import export_onnx
+    from bench.models.yolov7 import build_model
+
+    torch.manual_seed(0)
+    model = export_onnx(build_model("yolov7-tiny", num_classes=3, width=0.25).eval(),
+                        tmp_path / "three.onnx", 64)
+    row = _run(_session(tmp_path, model, tiny_coco, variants="fp32"), "fp32")
+    assert row.status == "failed" and "3" in row.error and "8" in row.error
+
+
+def test_calibration_never_uses_evaluation_images(tmp_path, tiny_detector, tiny_coco):
+    from bench.errors import InputDataError
+
+    session = _session(tmp_path, tiny_detector, tiny_coco, calib=str(tiny_coco / "val"))
+    with pytest.raises(InputDataError):
+        session.inputs()

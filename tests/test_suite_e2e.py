@@ -1,0 +1,54 @@
+"""`pytest suites/ --benchmark-only` in a subprocess, as users run it, on tiny real inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite(tmp_path: Path, model: Path, coco: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "--benchmark-only",
+           "-p", "no:cacheprovider", "--model", str(model), "--coco", str(coco),
+           "--eval-count", "4", "--calib-count", "4", "--bench-rounds", "5",
+           "--no-progress", "--power", "none", "--results-dir", str(tmp_path / "results"),
+           "--baseline", str(tmp_path / "baseline.json"), *extra]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "results" / "latest" / "report.json").read_text())
+
+
+def test_suite_writes_a_report_and_gates_against_the_baseline(tmp_path, tiny_detector,
+                                                                tiny_coco):
+    first = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32,int8-max,trt-minmax")
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert "2 passed, 1 skipped" in first.stdout and "int8-max" in first.stdout
+    report = _report(tmp_path)
+    assert report["complete"] and {r["status"] for r in report["rows"]} == {"ok", "skipped"}
+    run_dir = (tmp_path / "results" / "latest").resolve()
+    for name in ("report.json", "report.csv", "summary.md", "pareto.png", "benchmark.json"):
+        assert (run_dir / name).is_file(), name
+
+    # A baseline whose int8-max mAP is out of reach: the same run must now fail its gate.
+    baseline = report
+    for row in baseline["rows"]:
+        if row["variant"] == "int8-max":
+            row["map"] = 1.0
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    second = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32,int8-max")
+    assert second.returncode == 1
+    assert "int8-max gate: mAP" in second.stdout and "< baseline 1.000" in second.stdout
+    gates = {r["variant"]: r["gate"]["passed"] for r in _report(tmp_path)["rows"]}
+    assert gates == {"fp32": True, "int8-max": False}
+
+
+def test_bad_option_is_a_one_line_usage_error(tmp_path, tiny_detector, tiny_coco):
+    done = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32,int4")
+    assert done.returncode == 4
+    assert "option variants: got 'int4'; expected one of" in done.stderr
