@@ -8,7 +8,6 @@ A variant that fails becomes a failed row and the others go on.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,6 @@ class BenchSession:
         self._baseline: Any = None
         self._power_source: Any = None  # the source name auto picked, or its NoneSampler
         self._letterboxed = LetterboxCache()  # images decoded and resized once per session
-        self.started = time.time()
 
     # -- inputs ---------------------------------------------------------------------------
     def inputs(self) -> RunInputs:
@@ -122,7 +120,8 @@ class BenchSession:
                 engine.infer, inputs.dataset, imgsz=inputs.imgsz, batch=self.cfg.eval_batch,
                 conf=self.cfg.conf, iou=self.cfg.iou, max_det=self.cfg.max_det,
                 eval_count=self.cfg.eval_count, progress=self.cfg.progress,
-                fixed_batch=inputs.fixed_batch, cache=self._letterboxed)
+                fixed_batch=inputs.fixed_batch, cache=self._letterboxed,
+                label=f"{variant} accuracy")
         except BaseException:
             prepared.close()
             raise
@@ -143,6 +142,8 @@ class BenchSession:
         engine = prepared.engine
         for _ in range(self.cfg.bench_warmup):
             engine.infer(batch)
+        if hasattr(engine, "reset_timings"):  # GPU event times of the latency window only
+            engine.reset_timings()
         sampler = self._sampler()
         sampler.start()
         try:

@@ -195,6 +195,7 @@ def run_accuracy(
     workers: int | None = None,
     results_path: Path | None = None,
     cache: LetterboxCache | None = None,
+    label: str = "accuracy",
 ) -> AccuracyResult:
     """Run the model over the evaluation images and score it with COCOeval.
 
@@ -211,7 +212,7 @@ def run_accuracy(
     s = _Settings(imgsz, conf, iou, max_det, dataset.num_classes, tuple(dataset.class_to_category))
     workers = workers or min(4, os.cpu_count() or 1)
     start = time.perf_counter()
-    bar = tqdm(total=len(ids), desc="accuracy", unit="img", disable=not progress)
+    bar = tqdm(total=len(ids), desc=label, unit="img", disable=not progress, leave=False)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
     try:
         clock, results = _stream(infer, pool, dataset, chunks, sizes, s, bar, cache)
