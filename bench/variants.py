@@ -120,9 +120,11 @@ def _ptq(spec: VariantSpec, ctx: BuildContext) -> Artifact:
     parts = ctx.key_parts(spec.name, **_quant_settings(ctx, spec.method))
 
     def build(out: Path) -> dict[str, Any]:
-        model, plan = _plan(ctx)
+        from bench.quant.qdq import write_qdq
+
+        model, plan = quant_plan(ctx)
         amax = calibrate(ctx, plan, spec.method)
-        onnx.save(_write_qdq(model, plan, amax, ctx.cfg.profile), str(out))
+        onnx.save(write_qdq(model, plan, amax, profile=ctx.cfg.profile), str(out))
         return {"method": spec.method, "profile": ctx.cfg.profile,
                 "quantized_tensors": len(plan.activation_tensors), "amax": amax}
 
@@ -159,7 +161,8 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ModelError(f"model {path}: not a readable ONNX file ({exc})") from None
 
 
-def _plan(ctx: BuildContext):
+def quant_plan(ctx: BuildContext) -> tuple[onnx.ModelProto, Any]:
+    """The FP32 model and its Q/DQ plan, with the configured kept-float set."""
     from bench.quant.placement import KeepFloat, plan_quantization
 
     model = _load(ctx.model_path)
@@ -187,12 +190,6 @@ def collect_once(ctx: BuildContext, plan: Any) -> dict[str, Any]:
             ctx.model_path, list(plan.activation_tensors), ctx.calib_batches(),
             progress=ctx.cfg.progress, total=ctx.cfg.calib_count)
     return ctx._histograms
-
-
-def _write_qdq(model: onnx.ModelProto, plan: Any, amax: dict[str, float], profile: str):
-    from bench.quant.qdq import write_qdq
-
-    return write_qdq(model, plan, amax, profile=profile)
 
 
 def _trt_onnx_kind(variant: str) -> str:
