@@ -7,6 +7,7 @@ unit tests under tests/ do not grow benchmark options.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
         cfg = load_config(options)
     except BenchError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if cfg.progress and not _interactive(config):
+        cfg = cfg.with_(progress=False)  # no bar refreshes in CI logs and captured output
     config.stash[_SESSION_KEY] = BenchSession(cfg)
     _capture_benchmark_json(config)
 
@@ -56,6 +59,14 @@ def _capture_benchmark_json(config: pytest.Config) -> None:
         config.stash[_TEMP_JSON_KEY] = Path(path)
 
 
+def _interactive(config: pytest.Config) -> bool:
+    # hasmarkup: pytest writes to a terminal (or was told --color=yes)
+    try:
+        return bool(config.get_terminal_writer().hasmarkup)
+    except (AssertionError, AttributeError):  # no terminal reporter (e.g. -p no:terminal)
+        return False
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "variant" in metafunc.fixturenames:
         cfg = metafunc.config.stash[_SESSION_KEY].cfg
@@ -67,6 +78,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> BenchSession:
     return request.config.stash[_SESSION_KEY]
+
+
+@pytest.fixture
+def live_output(request: pytest.FixtureRequest, bench_session: BenchSession):
+    """A context in which progress bars reach the terminal instead of pytest's capture."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is None or not bench_session.cfg.progress:
+        return contextlib.nullcontext
+    return capture.global_and_fixture_disabled
 
 
 @pytest.hookimpl(trylast=True)

@@ -12,9 +12,10 @@ import pytest
 from bench.session import benchmark_extra_info
 
 
-def test_variant(variant, bench_session, benchmark):
+def test_variant(variant, bench_session, benchmark, live_output):
     benchmark.group = "precision matrix"
-    prepared = bench_session.prepare(variant)
+    with live_output():
+        prepared = bench_session.prepare(variant)
     if prepared.status == "skipped":
         pytest.skip(prepared.reason)
     if prepared.status == "failed":
@@ -26,7 +27,8 @@ def test_variant(variant, bench_session, benchmark):
             return bench_session_timings(call, rounds)
         return list(benchmark.stats.stats.data)
 
-    row = bench_session.measure(prepared, timer)
+    with live_output():
+        row = bench_session.measure(prepared, timer)
     benchmark.extra_info.update(benchmark_extra_info(row))
     if row.status == "failed":
         pytest.fail(f"{variant}: {row.error}", pytrace=False)

@@ -80,6 +80,7 @@ def _export_atomic(model: torch.nn.Module, path: Path, imgsz: int, split: CocoDa
     os.close(fd)
     try:
         export_onnx(model, tmp, imgsz, OPSET, metadata={"names": names, "category_ids": ids})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the default ships inside the package
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -105,6 +106,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -82,3 +82,16 @@ def test_end_to_end_miniature_build(tmp_path, capsys):
     assert y.shape == (2, 3 * (64 + 16 + 4), 13)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert "wrote" in capsys.readouterr().out
+
+
+def test_shipped_default_matches_its_manifest():
+    manifest = verify_default()  # the packaged ONNX's sha256 is the manifest's
+    assert manifest["evaluation"]["map"] >= 0.60 and manifest["evaluation"]["num_images"] >= 200
+    assert manifest["training"]["wall_s"] <= 15 * 60
+    model = manifest["model"]
+    session = ort.InferenceSession(str(default_model_path()), providers=["CPUExecutionProvider"])
+    size = model["imgsz"]
+    y = session.run(None, {"images": np.full((1, 3, size, size), 0.45, np.float32)})[0]
+    cells = sum((size // s) ** 2 for s in (8, 16, 32))
+    assert y.shape == (1, 3 * cells, 5 + model["num_classes"])
+    assert len(manifest["classes"]) == model["num_classes"]
