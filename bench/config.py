@@ -80,7 +80,7 @@ class BenchConfig:
     qat_epochs: float | None = None
     qat_minutes: float | None = None
     qat_images: int = 256
-    qat_lr: float = 1e-5
+    qat_lr: float = 5e-4
     qat_scales: bool = False
     progress: bool = True
 
@@ -173,11 +173,12 @@ HELP = {
     "map_tolerance": "largest absolute mAP drop against the baseline",
     "latency_tolerance": "largest relative median-latency growth against the baseline",
     "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",
-    "qat_iters": "QAT optimiser steps (default: one pass over --qat-images, at least 200)",
+    "qat_iters": "QAT optimiser steps of 8 images "
+                 "(default: one pass over --qat-images, at least 150)",
     "qat_epochs": "QAT passes over the QAT images (instead of --qat-iters)",
     "qat_minutes": "QAT wall-clock budget in minutes (stops early)",
     "qat_images": "calibration-split images QAT distils on",
-    "qat_lr": "QAT learning rate (Adam, cosine decay)",
+    "qat_lr": "QAT peak learning rate (Adam; warm-up over a tenth of the steps, then cosine)",
     "qat_scales": "also learn the activation scales during QAT",
     "progress": "progress bars on calibration, QAT and evaluation",
 }

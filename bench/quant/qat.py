@@ -26,7 +26,7 @@ from bench.errors import ModelError
 QMIN, QMAX = -128, 127
 GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
-MIN_DEFAULT_STEPS = 200
+MIN_DEFAULT_STEPS = 150
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class QatSettings:
     epochs: float | None = None
     minutes: float | None = None
     images: int = 256
-    lr: float = 1e-5
+    lr: float = 5e-4
     learn_scales: bool = False
     batch: int = DEFAULT_BATCH
     seed: int = 0
@@ -81,8 +81,7 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     trainable = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     optimizer = torch.optim.Adam(trainable, lr=settings.lr)
     total = settings.total_steps(len(images))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total))
     losses, start, stopped = [], time.perf_counter(), False
     for step, batch in _progress(_batches(images, settings, total), total, progress):
         loss = _distillation_loss(student, teacher, quant, _as_float(batch), watched)
@@ -97,6 +96,15 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     tuned = state_to_onnx(student, model)
     return QatResult(tuned, quant.amax(), len(losses), time.perf_counter() - start,
                      float(np.mean(losses[:5])), float(np.mean(losses[-5:])), stopped)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first tenth (Adam's first steps on a converged model are
+    otherwise its largest), then cosine decay to zero."""
+    warmup = max(1, total // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(1, total - warmup)))
 
 
 class FakeQuantizer:

@@ -47,7 +47,7 @@ def setup():
 @pytest.mark.parametrize("profile", ["tensorrt", "cpu"])
 def test_qat_reduces_distillation_loss_and_keeps_placement(setup, profile):
     model, plan, amax, calib = setup
-    settings = QatSettings(steps=60, lr=1e-4, batch=4)
+    settings = QatSettings(steps=60, lr=3e-4, batch=4)
     result = run_qat(model, plan, amax, calib, settings, profile=profile, progress=False)
     assert result.steps == 60 and result.loss_last < 0.9 * result.loss_first
 
