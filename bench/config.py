@@ -174,7 +174,7 @@ HELP = {
     "latency_tolerance": "largest relative median-latency growth against the baseline",
     "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",
     "qat_iters": "QAT optimiser steps of 8 images "
-                 "(default: one pass over --qat-images, at least 150)",
+                 "(default: one pass over --qat-images, at least 200)",
     "qat_epochs": "QAT passes over the QAT images (instead of --qat-iters)",
     "qat_minutes": "QAT wall-clock budget in minutes (stops early)",
     "qat_images": "calibration-split images QAT distils on",

@@ -26,7 +26,7 @@ from bench.errors import ModelError
 QMIN, QMAX = -128, 127
 GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
-MIN_DEFAULT_STEPS = 150
+MIN_DEFAULT_STEPS = 200
 
 
 @dataclass(frozen=True)
