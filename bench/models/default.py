@@ -6,10 +6,10 @@ Imports neither torch nor onnx, so the suites can locate it anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from bench.cache import file_sha256
 from bench.errors import ModelError
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
@@ -34,14 +34,6 @@ def load_manifest(folder: Path | None = None) -> dict:
         raise ModelError(f"default manifest {path}: missing; run `bench make-default`") from None
     except ValueError as exc:
         raise ModelError(f"default manifest {path}: not valid JSON ({exc})") from exc
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_default(folder: Path | None = None) -> dict:

@@ -11,8 +11,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.cache import file_sha256
 from bench.errors import BenchError, ConfigError, InputDataError
-from bench.models.default import DEFAULT_DIR, MANIFEST_NAME, ONNX_NAME, file_sha256
+from bench.models.default import DEFAULT_DIR, MANIFEST_NAME, ONNX_NAME
 
 DEFAULTS = {"arch": "yolov7-tiny", "width": 0.5, "imgsz": 256, "iterations": 1600, "seed": 0,
             "threads": 2, "lr": 0.01}
