@@ -48,7 +48,7 @@ class Engine(abc.ABC):
         """Engine-specific figures for the report (e.g. GPU compute time)."""
         return {}
 
-    def activate(self) -> "Engine":
+    def activate(self) -> Engine:
         if not self.active:
             self._activate()
             self.active = True
@@ -59,7 +59,7 @@ class Engine(abc.ABC):
             self._deactivate()
             self.active = False
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self.activate()
 
     def __exit__(self, *exc: object) -> None:
