@@ -152,7 +152,7 @@ class BenchSession:
             power = sampler.stop()
         latency = summarize(seconds)
         e2e = summarize(self._end_to_end(engine))
-        return self._record_ok(prepared, latency, e2e, power, len(seconds))
+        return self._record_ok(prepared, latency, e2e, power, len(seconds), len(batch))
 
     def _sampler(self) -> Any:
         """A fresh sampler per window; "auto" probes the sources once per session."""
@@ -194,11 +194,10 @@ class BenchSession:
 
     # -- rows -----------------------------------------------------------------------------
     def _record_ok(self, prepared: Prepared, latency: LatencyStats, e2e: LatencyStats,
-                   power: PowerReading, calls: int) -> Any:
+                   power: PowerReading, calls: int, per_call: int) -> Any:
         from bench.report.rows import ResultRow
 
         inputs, acc = self.inputs(), prepared.accuracy
-        per_call = self.staged_batch().shape[0]
         metrics = acc.metrics
         row = ResultRow(
             variant=prepared.variant, status="ok", **self._identity(),

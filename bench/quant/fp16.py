@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from bench.errors import ModelError
+from bench.quant.naming import fresh_name
 
 FLOAT = TensorProto.FLOAT
 HALF = TensorProto.FLOAT16
@@ -253,11 +254,7 @@ class _Converter:
                 tensor_type.elem_type = HALF
 
     def _fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return fresh_name(base, self.names)
 
 
 def _constant_source(converter: _Converter, name: str) -> TensorProto:

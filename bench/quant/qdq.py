@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper, version_converter
 
 from bench.errors import ConfigError, ModelError
+from bench.quant.naming import fresh_name
 from bench.quant.placement import GraphIndex, QdqSite, QuantizedOp, QuantPlan, node_key
 
 PROFILES = ("tensorrt", "cpu")
@@ -107,11 +108,7 @@ class _Edits:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
 
     def fresh(self, base: str) -> str:
-        name, n = base, 1
-        while name in self.taken:
-            name, n = f"{base}_{n}", n + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(base, self.taken)
 
     def constant(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)

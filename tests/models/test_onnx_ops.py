@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from onnx import TensorProto, helper
 from ort_compare import FLOAT, compare_batches, init, single_input_model
 
@@ -25,14 +24,6 @@ def i64(*values):
 
 def f32(*values):
     return np.array(values, dtype=np.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- convolutions and normalization ----------------------------------------------------

@@ -24,14 +24,6 @@ from bench.models.onnx_torch import OnnxModule, state_to_onnx
 N = helper.make_node
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- a YOLO-like detector exported by torch's legacy (TorchScript) exporter -------------
 
 class ConvBlock(nn.Module):

@@ -6,23 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from yolo_like import BODY_CONVS, FIRST_CONV, HEAD_CONVS, build_yolo_like
+from yolo_like import BODY_CONVS, FIRST_CONV, HEAD_CONVS
 
 from bench.errors import ConfigError, ModelError
 from bench.quant.placement import KeepFloat, QuantPlan, plan_quantization
 from bench.quant.qdq import write_qdq
 
 DECODE_PREFIXES = ("/model.105/d3/", "/model.105/d4/", "/model.105/im.1/", "/model.105/Concat")
-
-
-@pytest.fixture(scope="module")
-def model() -> onnx.ModelProto:
-    return build_yolo_like()
-
-
-@pytest.fixture(scope="module")
-def plan(model) -> QuantPlan:
-    return plan_quantization(model)
 
 
 def _group_with(plan: QuantPlan, tensor: str) -> set[str]:

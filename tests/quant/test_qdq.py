@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from yolo_like import HEAD_CONVS, build_yolo_like
 
 from bench.errors import ConfigError, ModelError
-from bench.quant.placement import KeepFloat, QuantPlan, plan_quantization
+from bench.quant.placement import KeepFloat, plan_quantization
 from bench.quant.qdq import quantized_tensor_set, weight_scales, write_qdq
 
 PROFILES = ("tensorrt", "cpu")
@@ -40,16 +40,6 @@ def _max_calibration(model: onnx.ModelProto, tensors, images: np.ndarray) -> dic
     session = _session(probe)
     values = session.run(list(tensors), {"images": images})
     return {t: float(np.abs(v).max()) for t, v in zip(tensors, values)}
-
-
-@pytest.fixture(scope="module")
-def model() -> onnx.ModelProto:
-    return build_yolo_like()
-
-
-@pytest.fixture(scope="module")
-def plan(model) -> QuantPlan:
-    return plan_quantization(model)
 
 
 @pytest.fixture(scope="module")
