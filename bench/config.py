@@ -56,6 +56,7 @@ class BenchConfig:
     imgsz: int | None = None
     batch: int = 1
     eval_batch: int = 1
+    eval_streams: int | None = None
     threads: int | None = None
     conf: float = 0.001
     iou: float = 0.65
@@ -97,8 +98,8 @@ class BenchConfig:
             raise ConfigError("option variants: got an empty list; expected at least one variant")
         _check_positive(self, ("calib_count", "batch", "eval_batch", "max_det", "bench_rounds",
                                "qat_images", "power_interval_s", "qat_lr"))
-        _check_positive(self, ("eval_count", "imgsz", "threads", "qat_iters", "qat_epochs",
-                               "qat_minutes"), optional=True)
+        _check_positive(self, ("eval_count", "eval_streams", "imgsz", "threads", "qat_iters",
+                               "qat_epochs", "qat_minutes"), optional=True)
         if self.bench_warmup < 0:
             raise ConfigError(f"option bench_warmup: got {self.bench_warmup}; expected >= 0")
         if not 0.0 < self.percentile <= 100.0:
@@ -152,6 +153,9 @@ HELP = {
     "imgsz": "square network input size (default: from the model or its manifest, else 640)",
     "batch": "batch size of the latency pass",
     "eval_batch": "batch size of the accuracy pass",
+    "eval_streams": "inferences the accuracy pass runs at once (ONNX Runtime on the CPU: "
+                    "sessions of cores/streams threads; default: as many as cores, up to 4; "
+                    "1 = the latency session itself); outputs are the same either way",
     "threads": "intra-op CPU threads of the engine (default: the runtime's choice)",
     "conf": "confidence threshold of the accuracy pass (YOLOv7 protocol: 0.001)",
     "iou": "NMS IoU threshold of the accuracy pass (YOLOv7 protocol: 0.65)",

@@ -117,7 +117,8 @@ class BenchSession:
                             build_s=artifact.build_s)
         try:
             prepared.accuracy = run_accuracy(
-                engine.infer, inputs.dataset, imgsz=inputs.imgsz, batch=self.cfg.eval_batch,
+                engine.infer_streams(self.cfg.eval_streams), inputs.dataset,
+                imgsz=inputs.imgsz, batch=self.cfg.eval_batch,
                 conf=self.cfg.conf, iou=self.cfg.iou, max_det=self.cfg.max_det,
                 eval_count=self.cfg.eval_count, progress=self.cfg.progress,
                 fixed_batch=inputs.fixed_batch, cache=self._letterboxed,
@@ -222,7 +223,9 @@ class BenchSession:
                           "interval_s": power.interval_s, "rails": power.rails,
                           "energy_j": power.energy_j, "meta": power.meta},
                 "imgsz": inputs.imgsz, "latency_rounds": calls,
-                "accuracy_seconds": prepared.accuracy.seconds}
+                "accuracy_seconds": prepared.accuracy.seconds,
+                "cocoeval_seconds": prepared.accuracy.eval_seconds,
+                "eval_streams": prepared.accuracy.streams}
 
     def _identity(self) -> dict[str, Any]:
         label = self._inputs.model_label if self._inputs else str(self.cfg.model or "default")

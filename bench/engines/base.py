@@ -7,6 +7,7 @@ engine synchronises before returning, or timing lies), deactivate() frees.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def input_shape(self) -> tuple:
         """The model input's shape; symbolic dims are strings or None."""
+
+    def infer_streams(self, streams: int | None = None) -> list[Callable]:
+        """Infer callables that may run at the same time, for throughput work (the
+        accuracy pass); streams None lets the engine choose. Each gives the same outputs
+        as infer(). This engine runs one inference at a time: [self.infer]."""
+        return [self.infer]
 
     def extra_info(self) -> dict[str, Any]:
         """Engine-specific figures for the report (e.g. GPU compute time)."""

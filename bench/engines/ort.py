@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,15 @@ class OrtEngine(Engine):
 
     device: "cpu", "cuda" or "tensorrt" (the execution provider, not our TensorRT engine).
     options: threads (intra-op threads; None lets ORT decide).
+
+    On the CPU, infer_streams() opens separate sessions of the same file for the accuracy
+    pass: S streams of cores // S threads each, never spinning, so that the pass keeps
+    every core on the network while decoding runs beside it. ORT's CPU kernels split
+    work across threads without changing its order: the outputs equal infer()'s, bit for
+    bit (tests/engines/test_ort_streams.py).
     """
+
+    MAX_STREAMS = 4
 
     name = "onnxruntime"
 
@@ -42,22 +52,12 @@ class OrtEngine(Engine):
         reason = self.unavailable_reason(self.device)
         if reason:
             raise EngineUnavailable(reason)
-        import onnxruntime as ort
 
         if not self.model_path.is_file():
             raise ModelError(f"model {self.model_path}: file not found")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.options.get("threads"):
-            options.intra_op_num_threads = int(self.options["threads"])
-            options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), options, providers=_PROVIDERS[self.device])
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"model {self.model_path}: onnxruntime cannot load it ({first})") from None
+        threads = int(self.options["threads"]) if self.options.get("threads") else None
+        self._session = self._open(threads)
+        self._streams: dict[tuple[int, int], list] = {}
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             names = [i.name for i in inputs]
@@ -66,8 +66,51 @@ class OrtEngine(Engine):
         self._output_names = [o.name for o in self._session.get_outputs()]
         check_image_input(self.model_path.name, self._input.name, self._input.shape)
 
+    def _open(self, threads: int | None, spinning: bool = True):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(
+                str(self.model_path), options, providers=_PROVIDERS[self.device])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"model {self.model_path}: onnxruntime cannot load it ({first})") from None
+
     def _deactivate(self) -> None:
         self._session = None
+        self._streams = {}
+
+    def infer_streams(self, streams: int | None = None) -> list[Callable]:
+        """S callables for the accuracy pass; see the class docstring. One stream, or a
+        device other than the CPU, is infer() itself."""
+        cores = usable_cores()
+        count = min(cores, self.MAX_STREAMS) if streams is None else streams
+        if count <= 1 or self.device != "cpu":
+            return [self.infer]
+        threads = max(1, cores // count)
+        key = (count, threads)
+        if key not in self._streams:
+            # One-thread sessions run concurrent calls without sharing a pool: one serves all.
+            opened = 1 if threads == 1 else count
+            sessions = [self._open(threads, spinning=False) for _ in range(opened)]
+            self._streams[key] = [sessions[k % opened] for k in range(count)]
+        return [self._runner(session) for session in self._streams[key]]
+
+    def _runner(self, session) -> Callable:
+        names, input_name = self._output_names, self._input.name
+
+        def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(names, {input_name: batch})))
+
+        return infer
 
     @property
     def input_shape(self) -> tuple:
@@ -83,6 +126,14 @@ class OrtEngine(Engine):
 
     def extra_info(self) -> dict[str, Any]:
         return {"providers": self._session.get_providers()} if self.active else {}
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_image_input(model: str, name: str, shape: list | tuple) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.errors import InputDataError, ModelError
+from bench.eval.decode_ort import DenseNms
 from bench.eval.nms import DEFAULT_IOU, batched_nms
 
 DEFAULT_CONF = 0.001
@@ -202,7 +203,8 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 def _select(
     boxes: np.ndarray, class_scores: np.ndarray, conf: float, iou: float, max_det: int
 ) -> Detections:
-    """Multi-label candidates above conf, then class-aware NMS, at most max_det."""
+    """The numpy reference: multi-label candidates above conf (at most MAX_NMS, the best,
+    as YOLOv7 caps them), class-aware NMS, at most max_det."""
     rows, cls = np.nonzero(class_scores > conf)
     scores = class_scores[rows, cls]
     if scores.size > MAX_NMS:
@@ -260,22 +262,46 @@ def decode_outputs(
     iou: float = DEFAULT_IOU,
     max_det: int = DEFAULT_MAX_DET,
     layout: Layout | None = None,
+    reference: bool = False,
 ) -> list[Detections]:
     """Per-image detections for one batch of outputs (name -> array, in model order).
 
     batch_size: the images in the batch (default: read from the outputs; an [N,7] output
     cannot tell trailing images without detections). num_classes: the dataset's class
-    count, checked against the model's when given.
+    count, checked against the model's when given. Dense layouts are decoded in float32
+    by ONNX Runtime's NMS kernel (bench.eval.decode_ort); reference=True uses the numpy
+    reference instead, as does an image past YOLOv7's MAX_NMS candidates.
     """
     layout = layout or detect_layout(outputs, num_classes)
     check_finite(outputs, layout.names)
     batch_size = _batch_of(outputs, layout) if batch_size is None else batch_size
     if layout.kind != ORT_NMS:
         _check_batch(outputs, layout.names, batch_size)
-    dets = [_decode_one(outputs, layout, b, conf, iou, max_det) for b in range(batch_size)]
+    if layout.kind in (RAW, YOLOV8):
+        outputs = {layout.names[0]: np.asarray(outputs[layout.names[0]], np.float32)}
+    if layout.kind in (RAW, YOLOV8) and not reference:
+        dets = _decode_dense(outputs[layout.names[0]], layout.kind, conf, iou, max_det)
+    else:
+        dets = [_decode_one(outputs, layout, b, conf, iou, max_det) for b in range(batch_size)]
     if num_classes is not None:
         for det in dets:
             _check_classes(det, layout.names[-1], num_classes)
+    return dets
+
+
+def _decode_dense(
+    pred: np.ndarray, kind: str, conf: float, iou: float, max_det: int
+) -> list[Detections]:
+    dense = DenseNms(kind, pred, conf, iou, max_det)
+    dets = []
+    for b in range(pred.shape[0]):
+        if dense.candidates[b] > MAX_NMS:  # YOLOv7's cap applies: the reference does it
+            decode = _decode_raw if kind == RAW else _decode_yolov8
+            dets.append(decode(pred[b], conf, iou, max_det))
+            continue
+        rows, cls, scores = dense.picks(b)
+        xywh = pred[b, rows, :4] if kind == RAW else pred[b][:4, rows].T
+        dets.append(Detections.make(xywh_to_xyxy(xywh), scores, cls))
     return dets
 
 

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,42 @@ def test_letterbox_cache_is_shared_and_bounded(root, tmp_path):
         cache=small,
     )
     assert len(small) == 2
+
+
+def test_several_streams_give_the_same_results_in_image_order(val, tmp_path):
+    sess = _session(_onnx_raw_model(tmp_path / "raw.onnx", val.num_classes))
+    names = [o.name for o in sess.get_outputs()]
+    used: list[int] = []
+
+    def stream(k):
+        def infer(x):
+            used.append(k)
+            return dict(zip(names, sess.run(None, {"images": x}), strict=True))
+
+        return infer
+
+    one = run_accuracy(stream(0), val, imgsz=IMGSZ, progress=False,
+                       results_path=tmp_path / "one.json")
+    three = run_accuracy([stream(1), stream(2), stream(3)], val, imgsz=IMGSZ, progress=False,
+                         results_path=tmp_path / "three.json")
+    assert three.streams == 3 and one.streams == 1
+    assert three.metrics == one.metrics
+    # The same entries in the same (image) order, whichever stream ran which image.
+    assert (tmp_path / "three.json").read_text() == (tmp_path / "one.json").read_text()
+    assert used.count(0) == 6 and sum(used.count(k) for k in (1, 2, 3)) == 6
+
+
+def test_a_failing_stream_fails_the_pass_with_its_error(val):
+    oracle = Oracle(val)
+
+    def slow(x):  # leaves batches for the broken stream to take
+        time.sleep(0.05)
+        return oracle(x)
+
+    def broken(x):
+        raise ModelError("stream 2 broke")
+
+    with pytest.raises(ModelError, match="stream 2 broke"):
+        run_accuracy([slow, broken], val, imgsz=IMGSZ, progress=False)
+    with pytest.raises(ConfigError, match="at least one infer"):
+        run_accuracy([], val, imgsz=IMGSZ, progress=False)

@@ -11,7 +11,13 @@ from pycocotools.coco import COCO
 from bench.data import synthetic
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import Letterbox, plan
-from bench.eval.coco_eval import METRIC_KEYS, evaluate, to_coco_results, write_results
+from bench.eval.coco_eval import (
+    METRIC_KEYS,
+    evaluate,
+    to_coco_array,
+    to_coco_results,
+    write_results,
+)
 from bench.eval.decode import Detections
 
 
@@ -137,3 +143,17 @@ def test_written_results_load_in_pycocotools(tmp_path, val):
         loaded = val.coco.loadRes(str(path))
     assert len(loaded.anns) == len(det)
     assert [p.name for p in path.parent.iterdir()] == ["predictions.json"]
+
+
+def test_results_array_scores_and_writes_as_the_entries_do(tmp_path):
+    gt = _one_image_gt(tmp_path)
+    det = Detections.make([[10, 10, 60, 60], [112, 100, 162, 150]], [0.9, 0.8], [0, 0])
+    array = to_coco_array(7, det, _identity(200, 300), [5, 9])
+    assert array.shape == (2, 7) and array[:, 0].tolist() == [7, 7]
+    assert array[:, 6].tolist() == [5, 5] and array[0, 1:5].tolist() == [10, 10, 50, 50]
+    entries = to_coco_results(7, det, _identity(200, 300), [5, 9])
+    assert evaluate(gt, array) == evaluate(gt, entries)
+    a = write_results(tmp_path / "a.json", array)
+    b = write_results(tmp_path / "b.json", entries)
+    assert a.read_text() == b.read_text()
+    assert evaluate(gt, np.zeros((0, 7))) == dict.fromkeys(METRIC_KEYS, 0.0)
