@@ -25,13 +25,14 @@ from bench.eval.accuracy import LetterboxCache
 from bench.inputs import RunInputs, resolve_inputs
 from bench.latency import summarize, time_calls
 from bench.power.base import PowerReading
-from bench.report.rows import LatencyStats
+from bench.report.rows import PAIRED_KEY, REFERENCE_VARIANT, LatencyStats
 from bench.variants import BuildContext, build_variant, spec_of
 
 # The latency pass hands its callable to a timer that returns per-call seconds.
 Timer = Callable[[Callable[[], object], int], Sequence[float]]
 
 E2E_ROUNDS = 20
+REFERENCE = REFERENCE_VARIANT
 
 
 @dataclass
@@ -65,6 +66,8 @@ class BenchSession:
         self._baseline: Any = None
         self._power_source: Any = None  # the source name auto picked, or its NoneSampler
         self._letterboxed = LetterboxCache()  # images decoded and resized once per session
+        self._anchor: Engine | None = None  # fp32, timed beside every other variant
+        self._anchor_error: str | None = None
 
     # -- inputs ---------------------------------------------------------------------------
     def inputs(self) -> RunInputs:
@@ -141,6 +144,8 @@ class BenchSession:
     def _measure(self, prepared: Prepared, timer: Timer) -> Any:
         batch = self.staged_batch()
         engine = prepared.engine
+        paired = prepared.variant != REFERENCE and REFERENCE in self.cfg.variants
+        anchor = self._anchor_seconds(batch, self.cfg.bench_rounds // 2) if paired else []
         for _ in range(self.cfg.bench_warmup):
             engine.infer(batch)
         if hasattr(engine, "reset_timings"):  # GPU event times of the latency window only
@@ -151,9 +156,32 @@ class BenchSession:
             seconds = list(timer(lambda: engine.infer(batch), self.cfg.bench_rounds))
         finally:
             power = sampler.stop()
+        if paired:
+            anchor += self._anchor_seconds(batch, self.cfg.bench_rounds - len(anchor))
         latency = summarize(seconds)
         e2e = summarize(self._end_to_end(engine))
-        return self._record_ok(prepared, latency, e2e, power, len(seconds), len(batch))
+        return self._record_ok(prepared, latency, e2e, power, len(seconds), len(batch),
+                               anchor=anchor)
+
+    def _anchor_seconds(self, batch: np.ndarray, rounds: int) -> list[float]:
+        """fp32 timed again right beside a variant, so that its speedup compares two
+        windows seconds apart: on a shared machine, speed drifts more between variants
+        than INT8 gains (measured 0.9-2.0x for one unchanged pair). [] when unavailable."""
+        if self._anchor_error is not None or rounds < 1:
+            return []
+        try:
+            if self._anchor is None:
+                context = self.context()
+                self._anchor = make_engine(
+                    self.cfg, spec_of(REFERENCE), build_variant(REFERENCE, context).path,
+                    calibration=context.calib_batches, calibration_id=context.calib_id,
+                ).activate()
+                for _ in range(self.cfg.bench_warmup):
+                    self._anchor.infer(batch)
+            return list(time_calls(lambda: self._anchor.infer(batch), rounds))
+        except Exception as exc:  # the variant's own figures stand; its speedup is unpaired
+            self._anchor_error = one_line(exc)
+            return []
 
     def _sampler(self) -> Any:
         """A fresh sampler per window; "auto" probes the sources once per session."""
@@ -195,7 +223,8 @@ class BenchSession:
 
     # -- rows -----------------------------------------------------------------------------
     def _record_ok(self, prepared: Prepared, latency: LatencyStats, e2e: LatencyStats,
-                   power: PowerReading, calls: int, per_call: int) -> Any:
+                   power: PowerReading, calls: int, per_call: int,
+                   anchor: Sequence[float] = ()) -> Any:
         from bench.report.rows import ResultRow
 
         inputs, acc = self.inputs(), prepared.accuracy
@@ -211,13 +240,18 @@ class BenchSession:
             energy_mj_per_inference=power.energy_per_inference_mj(calls * per_call),
             artifact=str(prepared.artifact.path), artifact_bytes=prepared.artifact.bytes,
             build_s=prepared.build_s, eval_images=acc.n_images, eval_ips=acc.images_per_s,
-            extra=self._extra(prepared, power, inputs, calls))
+            extra=self._extra(prepared, power, inputs, calls, anchor))
         return self._store(row)
 
     def _extra(self, prepared: Prepared, power: PowerReading, inputs: RunInputs,
-               calls: int) -> dict[str, Any]:
+               calls: int, anchor: Sequence[float] = ()) -> dict[str, Any]:
         engine_info = prepared.engine.extra_info() if prepared.engine else {}
-        return {"engine": engine_info, "artifact_cached": prepared.artifact.cached,
+        paired: dict[str, Any] = {}
+        if anchor:
+            paired = {PAIRED_KEY: summarize(anchor).median, "fp32_paired_rounds": len(anchor)}
+        elif self._anchor_error is not None and prepared.variant != REFERENCE:
+            paired = {"fp32_paired_error": self._anchor_error}
+        return {**paired, "engine": engine_info, "artifact_cached": prepared.artifact.cached,
                 "artifact_meta": {k: v for k, v in prepared.artifact.meta.items() if k != "amax"},
                 "power": {"window_s": power.window_s, "samples": power.samples,
                           "interval_s": power.interval_s, "rails": power.rails,
@@ -288,10 +322,17 @@ class BenchSession:
             self._environment = collect_environment(self.cfg, self._inputs)
         return self._environment
 
+    def close(self) -> None:
+        """Free the fp32 engine kept for paired timings."""
+        if self._anchor is not None:
+            self._anchor.deactivate()
+            self._anchor = None
+
     def finish(self, benchmark_json: dict | None, complete: bool) -> Path:
         """Write results/runs/<id>/ and point results/latest at it."""
         from bench.report.writer import new_run_id, write_run
 
+        self.close()
         ordered = [self.rows[v] for v in self.cfg.variants if v in self.rows]
         run_dir = Path(self.cfg.results_dir) / "runs" / new_run_id()
         return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,

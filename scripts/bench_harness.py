@@ -157,12 +157,13 @@ def matrix_check(model_args: list[str], work: Path) -> None:
           f"warm {warm:.0f} s (peak RSS {warm_peak:.2f} GiB); targets 300 s, 60 s, 3 GiB")
     rows = {r["variant"]: r for r in report["rows"]}
     fp32 = rows["fp32"]["latency_ms"]["median"]
-    print("3. speed against fp32 (warm run):")
+    print("3. speed against fp32 (warm run): paired = fp32 timed again just before and "
+          "after the variant (the report's speedup); unpaired = the fp32 row's own median")
     for name, row in rows.items():
         if row["status"] == "ok":
             median = row["latency_ms"]["median"]
-            print(f"   {name:<16} median {median:7.2f} ms  x{fp32 / median:4.2f}  "
-                  f"mAP {row['map']:.4f}")
+            print(f"   {name:<16} median {median:7.2f} ms  paired x{row['speedup_vs_fp32']:4.2f}"
+                  f"  unpaired x{fp32 / median:4.2f}  mAP {row['map']:.4f}")
         else:
             print(f"   {name:<16} {row['status']}: {row.get('error') or row.get('reason')}")
 

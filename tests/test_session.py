@@ -90,3 +90,36 @@ def test_calibration_never_uses_evaluation_images(tmp_path, tiny_detector, tiny_
     session = _session(tmp_path, tiny_detector, tiny_coco, calib=str(tiny_coco / "val"))
     with pytest.raises(InputDataError):
         session.inputs()
+
+
+def test_speedup_divides_fp32_timed_beside_the_variant(tmp_path, tiny_detector, tiny_coco,
+                                                       monkeypatch):
+    from bench import session as session_module
+    from bench.report.rows import PAIRED_KEY, derive_relative
+
+    session = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32,int8-max",
+                       bench_rounds=6)
+    fp32, int8 = (_run(session, v) for v in ("fp32", "int8-max"))
+    assert PAIRED_KEY not in fp32.extra  # fp32 itself is not paired
+    paired = int8.extra[PAIRED_KEY]
+    assert paired > 0 and int8.extra["fp32_paired_rounds"] == 6  # 3 before, 3 after
+    assert int8.speedup_vs_fp32 == pytest.approx(paired / int8.latency_ms.median)
+    # Rendering the rows again (bench report) gives the same paired figure.
+    assert derive_relative([fp32, int8])[1].speedup_vs_fp32 == int8.speedup_vs_fp32
+    session.close()
+
+    # Without a usable fp32 engine the speedup falls back to the fp32 row, and says why.
+    broken = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32,int8-max")
+    fp32 = _run(broken, "fp32")
+    real = session_module.make_engine
+
+    def no_second_fp32(cfg, spec, *args, **kwargs):
+        if spec.name == "fp32":
+            raise RuntimeError("no memory for a second fp32 engine")
+        return real(cfg, spec, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "make_engine", no_second_fp32)
+    int8 = _run(broken, "int8-max")
+    assert PAIRED_KEY not in int8.extra
+    assert "no memory for a second fp32 engine" in int8.extra["fp32_paired_error"]
+    assert int8.speedup_vs_fp32 == pytest.approx(fp32.latency_ms.median / int8.latency_ms.median)

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import rows_to_frame
-from bench.report.rows import ResultRow
+from bench.report.rows import PAIRED_KEY, ResultRow
 
 EMPTY = "—"
 
@@ -103,6 +103,15 @@ def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]
             power_index[key] = len(notes)
             notes.append(f"{', '.join(power[key])}: {key}")
         refs.append([power_index[key]])
+    # Run-level notes: how the speedups were taken.
+    if any((r.extra or {}).get(PAIRED_KEY) for r in rows):
+        notes.append("speedup: against fp32 timed again just before and after each variant "
+                     "(a shared machine's speed drifts between variants)")
+    unpaired = [r for r in rows if (r.extra or {}).get("fp32_paired_error")]
+    if unpaired:
+        names = ", ".join(r.variant for r in unpaired)
+        notes.append(f"speedup of {names}: against the fp32 row, not paired "
+                     f"({unpaired[0].extra['fp32_paired_error']})")
     return notes, refs
 
 

@@ -19,6 +19,9 @@ from bench.errors import InputDataError
 
 STATUSES = ("ok", "failed", "skipped")
 REFERENCE_VARIANT = "fp32"
+# extra key: the fp32 median latency (ms) timed in windows just before and after a row's
+# own, which its speedup_vs_fp32 divides (machine speed drifts between variants).
+PAIRED_KEY = "fp32_paired_median_ms"
 MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
 NON_NEGATIVE_FIELDS = (
     "power_w", "energy_mj_per_inference", "build_s", "calib_s", "eval_ips",
@@ -250,12 +253,18 @@ def _relative(row: ResultRow, ref: ResultRow | None) -> ResultRow:
         if row.map is not None and ref.map is not None:
             delta = row.map - ref.map
         if row.latency_ms is not None and ref.latency_ms is not None and row.latency_ms.median > 0:
-            speedup = ref.latency_ms.median / row.latency_ms.median
+            # fp32 timed right beside this row when the session could (see PAIRED_KEY).
+            paired = (row.extra or {}).get(PAIRED_KEY)
+            reference = paired if paired else ref.latency_ms.median
+            speedup = reference / row.latency_ms.median
     return replace(row, delta_map_vs_fp32=delta, speedup_vs_fp32=speedup)
 
 
 def derive_relative(rows: Iterable[ResultRow]) -> list[ResultRow]:
     """Fill delta_map_vs_fp32 and speedup_vs_fp32 from the ok fp32 row of the same group.
+
+    The speedup divides the fp32 median the session measured beside the row (its extra's
+    PAIRED_KEY), when there is one, else the fp32 row's own median.
 
     Both are None for rows that are not ok, and for every row of a group whose fp32 row
     is missing or not ok (or lacks the figure).
