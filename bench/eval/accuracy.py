@@ -272,6 +272,7 @@ class _Feed:
         self.layout: Layout | None = None
         self.per_chunk: list[list[np.ndarray]] = [[] for _ in chunks]
         self.failed: BaseException | None = None
+        self.inline = False  # decode in the stream's own thread (set by run)
 
     @property
     def results(self) -> list[np.ndarray]:

@@ -58,3 +58,11 @@ def test_one_stream_is_infer_itself_and_sessions_are_reused(monkeypatch):
 def test_other_devices_keep_one_stream():
     engine = OrtEngine(default_model_path(), device="cuda")  # never activated: no CUDA here
     assert engine.infer_streams(4) == [engine.infer]
+
+
+def test_the_threads_option_bounds_the_streams(monkeypatch):
+    monkeypatch.setattr(ort_engine, "usable_cores", lambda: 16)
+    with OrtEngine(default_model_path(), threads=1) as engine:
+        assert engine.infer_streams() == [engine.infer]  # one thread: no second stream
+    with OrtEngine(default_model_path(), threads=2) as engine:
+        assert len(engine.infer_streams()) == 2 and (2, 1) in engine._streams
