@@ -20,6 +20,14 @@ _PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "tensorrt", "pycocotools",
              "pytest-benchmark", "jetson-stats", "nvidia-ml-py")
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def collect_environment(cfg: BenchConfig, inputs: Any | None) -> dict[str, Any]:
     env = {
         "backend": cfg.backend,

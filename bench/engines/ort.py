@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from bench.engines.base import Engine
+from bench.environment import usable_cores
 from bench.errors import EngineUnavailable, ModelError
 
 _PROVIDERS = {
@@ -128,14 +128,6 @@ class OrtEngine(Engine):
 
     def extra_info(self) -> dict[str, Any]:
         return {"providers": self._session.get_providers()} if self.active else {}
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask, which containers narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def check_image_input(model: str, name: str, shape: list | tuple) -> None:
