@@ -32,7 +32,6 @@ from bench.variants import BuildContext, build_variant, spec_of
 Timer = Callable[[Callable[[], object], int], Sequence[float]]
 
 E2E_ROUNDS = 20
-REFERENCE = REFERENCE_VARIANT
 
 
 @dataclass
@@ -144,7 +143,7 @@ class BenchSession:
     def _measure(self, prepared: Prepared, timer: Timer) -> Any:
         batch = self.staged_batch()
         engine = prepared.engine
-        paired = prepared.variant != REFERENCE and REFERENCE in self.cfg.variants
+        paired = prepared.variant != REFERENCE_VARIANT and REFERENCE_VARIANT in self.cfg.variants
         anchor = self._anchor_seconds(batch, self.cfg.bench_rounds // 2) if paired else []
         for _ in range(self.cfg.bench_warmup):
             engine.infer(batch)
@@ -164,16 +163,18 @@ class BenchSession:
                                anchor=anchor)
 
     def _anchor_seconds(self, batch: np.ndarray, rounds: int) -> list[float]:
-        """fp32 timed again right beside a variant, so that its speedup compares two
-        windows seconds apart: on a shared machine, speed drifts more between variants
-        than INT8 gains (measured 0.9-2.0x for one unchanged pair). [] when unavailable."""
+        """fp32 timed again right beside a variant, so that its speedup compares windows
+        seconds apart: on a shared machine speed drifts more between variants than INT8
+        gains (interleaved rounds of one unchanged pair ranged 0.92-1.96x). [] when no
+        fp32 engine can open; the speedup then falls back to the fp32 row."""
         if self._anchor_error is not None or rounds < 1:
             return []
         try:
             if self._anchor is None:
                 context = self.context()
+                fp32 = build_variant(REFERENCE_VARIANT, context).path
                 self._anchor = make_engine(
-                    self.cfg, spec_of(REFERENCE), build_variant(REFERENCE, context).path,
+                    self.cfg, spec_of(REFERENCE_VARIANT), fp32,
                     calibration=context.calib_batches, calibration_id=context.calib_id,
                 ).activate()
                 for _ in range(self.cfg.bench_warmup):
@@ -249,7 +250,7 @@ class BenchSession:
         paired: dict[str, Any] = {}
         if anchor:
             paired = {PAIRED_KEY: summarize(anchor).median, "fp32_paired_rounds": len(anchor)}
-        elif self._anchor_error is not None and prepared.variant != REFERENCE:
+        elif self._anchor_error is not None and prepared.variant != REFERENCE_VARIANT:
             paired = {"fp32_paired_error": self._anchor_error}
         return {**paired, "engine": engine_info, "artifact_cached": prepared.artifact.cached,
                 "artifact_meta": {k: v for k, v in prepared.artifact.meta.items() if k != "amax"},
