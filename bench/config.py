@@ -80,9 +80,9 @@ class BenchConfig:
     qat_iters: int | None = None
     qat_epochs: float | None = None
     qat_minutes: float | None = None
-    qat_images: int = 256
+    qat_images: int = 512
     qat_lr: float = 5e-4
-    qat_scales: bool = False
+    qat_scales: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -183,7 +183,8 @@ HELP = {
     "qat_minutes": "QAT wall-clock budget in minutes (stops early)",
     "qat_images": "calibration-split images QAT distils on",
     "qat_lr": "QAT peak learning rate (Adam; warm-up over a tenth of the steps, then cosine)",
-    "qat_scales": "also learn the activation scales during QAT",
+    "qat_scales": "learn the activation scales during QAT as well as the weights "
+                  "(false keeps the PTQ calibration's scales)",
     "progress": "progress bars on calibration, QAT and evaluation",
 }
 
