@@ -67,9 +67,9 @@ def _build(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
+    from bench.build import build_variant
     from bench.config import load_config
     from bench.session import BenchSession
-    from bench.variants import build_variant
 
     out = Path(args.out)
     if not out.parent.is_dir():

@@ -18,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.variants import all_variants, default_variants, qat_inits, registry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
-PTQ_VARIANTS = ("int8-max", "int8-entropy", "int8-percentile", "int8-mse")
-ORT_VARIANTS = ("fp32", "fp16", *PTQ_VARIANTS, "int8-qat")
-TRT_ONLY_VARIANTS = ("trt-entropy2", "trt-minmax")
-ALL_VARIANTS = ORT_VARIANTS + TRT_ONLY_VARIANTS
+# Variant names come from the registry (bench.variants); these are its built-in entries.
+ORT_VARIANTS = default_variants()
+ALL_VARIANTS = all_variants()
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 QDQ_PROFILES = ("tensorrt", "cpu")
 POWER_SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
 KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
-QAT_INITS = ("mse", "max", "entropy", "percentile", "best")
 
 
 def default_cache_dir() -> Path:
@@ -52,7 +51,7 @@ class BenchConfig:
     eval_count: int | None = None
     backend: str = "onnxruntime"
     device: str = "cpu"
-    variants: tuple[str, ...] = ORT_VARIANTS
+    variants: tuple[str, ...] = field(default_factory=default_variants)
     imgsz: int | None = None
     batch: int = 1
     eval_batch: int = 1
@@ -89,13 +88,17 @@ class BenchConfig:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("power", self.power, POWER_SOURCES)
-        _check_choice("qat_init", self.qat_init, QAT_INITS)
+        _check_choice("qat_init", self.qat_init, qat_inits())
         if self.qdq_profile is not None:
             _check_choice("qdq_profile", self.qdq_profile, QDQ_PROFILES)
         for name in self.variants:
-            _check_choice("variants", name, ALL_VARIANTS)
+            _check_choice("variants", name, tuple(registry()))
         if not self.variants:
             raise ConfigError("option variants: got an empty list; expected at least one variant")
+        repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"option variants: {repeated[0]!r} given twice; "
+                              "expected each variant once")
         _check_positive(self, ("calib_count", "batch", "eval_batch", "max_det", "bench_rounds",
                                "qat_images", "power_interval_s", "qat_lr"))
         _check_positive(self, ("eval_count", "eval_streams", "imgsz", "threads", "qat_iters",

@@ -33,3 +33,17 @@ class EngineUnavailable(BenchError):
     """A runtime (TensorRT, CUDA, a power source) is not present on this machine."""
 
     kind = "unavailable"
+
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a failed row or the CLI: the kind, then the first line."""
+    text = first_line(exc)
+    kind = type(exc).__name__
+    return f"{kind}: {text}" if text != kind else kind

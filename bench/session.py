@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.build import BuildContext, build_variant
 from bench.cache import Artifact, ArtifactCache
 from bench.config import BenchConfig
 from bench.engines.base import Engine
@@ -26,7 +27,7 @@ from bench.inputs import RunInputs, resolve_inputs
 from bench.latency import summarize, time_calls
 from bench.power.base import PowerReading
 from bench.report.rows import PAIRED_KEY, REFERENCE_VARIANT, LatencyStats
-from bench.variants import BuildContext, build_variant, spec_of
+from bench.variants import spec_of
 
 # The latency pass hands its callable to a timer that returns per-call seconds.
 Timer = Callable[[Callable[[], object], int], Sequence[float]]
@@ -88,7 +89,9 @@ class BenchSession:
             self._context = BuildContext(
                 cfg=self.cfg, model_path=inputs.model_path,
                 calib_batches=lambda: inputs.calib_batches(count),
-                qat_batches=lambda: inputs.calib_batches(self.cfg.qat_images, batch=8),
+                qat_batches=lambda: inputs.calib_batches(self.cfg.qat_images,
+                                                         batch=inputs.fixed_batch or 8),
+                fixed_batch=inputs.fixed_batch,
                 calib_id=f"{inputs.calib_label}|{count}|{inputs.imgsz}",
                 cache=ArtifactCache(Path(self.cfg.cache_dir) / "artifacts"))
         return self._context
@@ -285,8 +288,8 @@ class BenchSession:
         from bench.report.gate import evaluate_gate
 
         spec = spec_of(row.variant)
-        if row.status == "ok" and spec.kind == "ptq" and self._context is not None:
-            self._context.ptq_maps[spec.method] = row.map
+        if row.status == "ok" and spec.builder == "ptq" and self._context is not None:
+            self._context.ptq_maps[spec.calibrator] = row.map
         fp32 = self.rows.get("fp32")
         baseline_row, comparable = self._baseline_for(row)
         row = _with_relative(row, fp32)

@@ -30,13 +30,13 @@ def engine_class(backend: str) -> type[Engine]:
 
 def skip_reason(cfg: BenchConfig, spec: VariantSpec) -> str | None:
     """Why this variant does not run on this backend and machine, or None."""
-    if spec.kind == "qat" and importlib.util.find_spec("torch") is None:
-        return "int8-qat fine-tunes in PyTorch, which is not installed (pip install '.[torch]')"
-    if spec.kind == "trt-implicit" and cfg.backend != "tensorrt":
+    if "torch" in spec.needs and importlib.util.find_spec("torch") is None:
+        return f"{spec.name} fine-tunes in PyTorch, which is not installed (pip install '.[torch]')"
+    if spec.artifact == "trt-implicit" and cfg.backend != "tensorrt":
         return f"{spec.name} uses TensorRT's own calibrator; it needs --backend tensorrt"
-    if cfg.backend == "torch" and spec.kind not in ("reference", "fp16"):
+    if cfg.backend == "torch" and spec.artifact not in ("fp32", "fp16"):
         return f"the torch reference engine runs fp32 and fp16 only, not {spec.name}"
-    if cfg.backend == "torch" and spec.kind == "fp16" and cfg.device == "cpu":
+    if cfg.backend == "torch" and spec.artifact == "fp16" and cfg.device == "cpu":
         return "fp16 on the torch CPU engine is not a deployment path; use --device cuda"
     device = "cuda" if cfg.backend == "tensorrt" else cfg.device
     reason = engine_class(cfg.backend).unavailable_reason(device)
@@ -52,13 +52,13 @@ def make_engine(cfg: BenchConfig, spec: VariantSpec, artifact: Path,
     if cfg.backend == "onnxruntime":
         return engine_class("onnxruntime")(artifact, device=cfg.device, threads=cfg.threads)
     if cfg.backend == "tensorrt":
-        implicit = spec.kind == "trt-implicit" and calibration is not None
+        implicit = spec.artifact == "trt-implicit" and calibration is not None
         return engine_class("tensorrt")(
             artifact, device="cuda", variant=spec.name, batch=cfg.batch,
             cache_dir=Path(cfg.cache_dir) / "engines",
             calibration=list(calibration()) if implicit else None,
             calibration_id=calibration_id if implicit else "")
     if cfg.backend == "torch":
-        precision = "fp16" if spec.kind == "fp16" else "fp32"
+        precision = "fp16" if spec.artifact == "fp16" else "fp32"
         return engine_class("torch")(artifact, device=cfg.device, precision=precision)
     raise EngineUnavailable(f"backend {cfg.backend!r} unknown")

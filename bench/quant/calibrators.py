@@ -9,16 +9,43 @@ edge of the last kept bin and copies bin 1's count into bin 0; mse returns a bin
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from bench.errors import ConfigError
 from bench.quant.histogram import AbsHistogram
 
-METHODS = ("max", "entropy", "percentile", "mse")
-
 # Candidate amax values evaluated at once by mse: bounds the (candidates x bins) matrix.
 _MSE_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    """What a calibrator may use besides the histogram."""
+
+    percentile: float = 99.99
+    num_quant_levels: int = 128  # non-negative levels of the signed integer type
+    start_bin: int = 128
+
+
+# amax from an |x| histogram (never called with an all-zero histogram).
+Calibrator = Callable[[AbsHistogram, CalibSettings], float]
+
+
+def _amax_max(hist: AbsHistogram, settings: CalibSettings) -> float:
+    return hist.amax_seen
+
+
+# The registry: adding a calibrator is one function plus one line here; its variant
+# (int8-<name>) then exists everywhere (bench.variants derives it).
+CALIBRATORS: dict[str, Calibrator] = {
+    "max": _amax_max,
+    "entropy": lambda h, s: _amax_entropy(h, s.num_quant_levels, s.start_bin),
+    "percentile": lambda h, s: _amax_percentile(h, s.percentile),
+    "mse": lambda h, s: _amax_mse(h, s.num_quant_levels, s.start_bin),
+}
+METHODS = tuple(CALIBRATORS)  # the built-in ones, in report order
 
 
 def compute_amax(
@@ -37,20 +64,14 @@ def compute_amax(
     _check_options(method, percentile, num_quant_levels, start_bin)
     if hist.amax_seen == 0.0:
         return 0.0
-    if method == "max":
-        return hist.amax_seen
-    if method == "percentile":
-        return _amax_percentile(hist, percentile)
-    searches: dict[str, Callable[[AbsHistogram, int, int], float]] = {
-        "entropy": _amax_entropy,
-        "mse": _amax_mse,
-    }
-    return searches[method](hist, num_quant_levels, start_bin)
+    settings = CalibSettings(percentile, num_quant_levels, start_bin)
+    return float(CALIBRATORS[method](hist, settings))
 
 
 def _check_options(method: str, percentile: float, levels: int, start_bin: int) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"calibration method: got {method!r}, expected one of {list(METHODS)}")
+    if method not in CALIBRATORS:
+        raise ConfigError(f"calibration method: got {method!r}, "
+                          f"expected one of {list(CALIBRATORS)}")
     if not 0.0 < percentile <= 100.0:
         raise ConfigError(f"calibration percentile: got {percentile}, expected 0 < p <= 100")
     if levels < 2:

@@ -234,7 +234,6 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
     import torch
 
     from bench.quant.qdq import write_qdq
-    from bench.variants import calibrate, quant_plan
 
     settings = qat_settings(ctx.cfg)
     init = ctx.qat_init_method()
@@ -243,8 +242,8 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
                           settings=settings.__dict__)
 
     def build(out: Path) -> dict[str, Any]:
-        model, plan = quant_plan(ctx)
-        amax = calibrate(ctx, plan, init)
+        model, plan = ctx.quant_plan()
+        amax = ctx.calibrate(plan, init)
         # Letterboxed images come from uint8 pixels: kept as uint8 they take a quarter of
         # the memory (512 images at 640 px: 629 MB instead of 2.5 GB), exactly.
         images = np.concatenate([np.rint(b * 255).astype(np.uint8)

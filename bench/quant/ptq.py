@@ -1,0 +1,52 @@
+"""Post-training quantization: the Q/DQ plan of a model and its calibrated amax.
+
+Shared by the PTQ builders and by QAT (which starts from a PTQ calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bench.config import KEEP_FLOAT_FLAGS
+from bench.onnx_file import load_model
+from bench.quant.calibrators import compute_amax
+from bench.quant.histogram import AbsHistogram
+from bench.quant.placement import KeepFloat, QuantPlan, plan_quantization
+
+
+def quant_plan(model_path: Path, keep_float: tuple[str, ...]) -> tuple[onnx.ModelProto,
+                                                                       QuantPlan]:
+    """The FP32 model and its Q/DQ plan, with the kept-float flags and node globs."""
+    model = load_model(model_path)
+    keep = KeepFloat(first_conv="first_conv" in keep_float, head="head" in keep_float,
+                     decode="decode" in keep_float,
+                     nodes=tuple(n for n in keep_float if n not in KEEP_FLOAT_FLAGS))
+    return model, plan_quantization(model, keep_float=keep)
+
+
+class Histograms:
+    """|x| histograms of the planned tensors, collected once and shared by every method."""
+
+    def __init__(self, model_path: Path, batches: Callable[[], Iterator[np.ndarray]], *,
+                 total: int, progress: bool):
+        self._model_path, self._batches = model_path, batches
+        self._total, self._progress = total, progress
+        self._hists: dict[str, AbsHistogram] | None = None
+
+    def of(self, plan: QuantPlan) -> dict[str, AbsHistogram]:
+        from bench.quant.collect import collect_histograms
+
+        if self._hists is None:
+            self._hists = collect_histograms(
+                self._model_path, list(plan.activation_tensors), self._batches(),
+                progress=self._progress, total=self._total)
+        return self._hists
+
+    def amax(self, plan: QuantPlan, method: str, percentile: float) -> dict[str, float]:
+        """amax per planned activation tensor by one calibration method."""
+        return {name: float(compute_amax(hist, method, percentile=percentile))
+                for name, hist in self.of(plan).items()}
