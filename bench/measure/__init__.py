@@ -1,0 +1,1 @@
+"""Latency measurement: statistics, the speed probe, interleaved references."""
