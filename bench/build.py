@@ -61,6 +61,11 @@ class BuildContext:
     def quant_plan(self) -> tuple[Any, Any]:
         return quant_plan(self.model_path, self.cfg.keep_float)
 
+    @property
+    def calibration_seconds(self) -> float | None:
+        """How long collecting the calibration histograms took (None: not collected)."""
+        return self._histograms.seconds if self._histograms is not None else None
+
     def calibrate(self, plan: Any, method: str) -> dict[str, float]:
         """amax per planned activation tensor; the histograms are collected once per run."""
         if self._histograms is None:

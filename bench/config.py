@@ -33,6 +33,7 @@ DEVICES = ("cpu", "cuda")
 QDQ_PROFILES = ("tensorrt", "cpu")
 POWER_SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
 KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
+MAX_IMGSZ = 4096  # above this a letterboxed batch alone takes gigabytes
 
 
 def default_cache_dir() -> Path:
@@ -74,7 +75,9 @@ class BenchConfig:
     floor_int8: float = 0.95
     floor_qat: float = 0.99
     map_tolerance: float = 0.005
-    latency_tolerance: float = 0.10
+    latency_tolerance: float = 0.05
+    latency_blocks: int = 5
+    fail_inconclusive: bool = False
     qat_init: str = "best"
     qat_iters: int | None = None
     qat_epochs: float | None = None
@@ -100,6 +103,7 @@ class BenchConfig:
             raise ConfigError(f"option variants: {repeated[0]!r} given twice; "
                               "expected each variant once")
         _check_positive(self, ("calib_count", "batch", "eval_batch", "max_det", "bench_rounds",
+                               "latency_blocks",
                                "qat_images", "power_interval_s", "qat_lr"))
         _check_positive(self, ("eval_count", "eval_streams", "imgsz", "threads", "qat_iters",
                                "qat_epochs", "qat_minutes"), optional=True)
@@ -113,6 +117,14 @@ class BenchConfig:
                 raise ConfigError(f"option {name}: got {value}; expected a value in [0, 1]")
         if self.imgsz is not None and self.imgsz % 32:
             raise ConfigError(f"option imgsz: got {self.imgsz}; expected a multiple of 32")
+        if self.imgsz is not None and self.imgsz > MAX_IMGSZ:
+            raise ConfigError(f"option imgsz: got {self.imgsz}; expected at most {MAX_IMGSZ}")
+        if not 0.0 <= self.map_tolerance < 1.0:
+            raise ConfigError(f"option map_tolerance: got {self.map_tolerance}; expected an "
+                              "absolute mAP drop in [0, 1)")
+        if not 0.0 <= self.latency_tolerance < 10.0:
+            raise ConfigError(f"option latency_tolerance: got {self.latency_tolerance}; "
+                              "expected a relative growth in [0, 10), e.g. 0.10 for 10 %")
 
     @property
     def profile(self) -> str:
@@ -178,7 +190,13 @@ HELP = {
     "floor_int8": "int8 PTQ mAP floor as a fraction of fp32's (MLPerf: 0.95)",
     "floor_qat": "int8-qat mAP floor as a fraction of fp32's (MLPerf: 0.99)",
     "map_tolerance": "largest absolute mAP drop against the baseline",
-    "latency_tolerance": "largest relative median-latency growth against the baseline",
+    "latency_tolerance": "relative slowdown against the baseline that counts as a regression: "
+                         "the whole confidence interval of probe-normalised latency now / "
+                         "then must lie above 1 + this to fail (0.05 = 5 %)",
+    "latency_blocks": "blocks the latency pass splits its rounds into, each followed by a "
+                      "block of fp32 and of the speed probe (drift cancels between them)",
+    "fail_inconclusive": "fail the gate when a latency comparison with the baseline is "
+                         "inconclusive (its interval straddles the tolerance)",
     "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",
     "qat_iters": "QAT optimiser steps of 8 images "
                  "(default: one pass over --qat-images, at least 200)",

@@ -5,6 +5,7 @@ Shared by the PTQ builders and by QAT (which starts from a PTQ calibration).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,14 +37,17 @@ class Histograms:
         self._model_path, self._batches = model_path, batches
         self._total, self._progress = total, progress
         self._hists: dict[str, AbsHistogram] | None = None
+        self.seconds: float | None = None  # how long the one collection took
 
     def of(self, plan: QuantPlan) -> dict[str, AbsHistogram]:
         from bench.quant.collect import collect_histograms
 
         if self._hists is None:
+            start = time.perf_counter()
             self._hists = collect_histograms(
                 self._model_path, list(plan.activation_tensors), self._batches(),
                 progress=self._progress, total=self._total)
+            self.seconds = time.perf_counter() - start
         return self._hists
 
     def amax(self, plan: QuantPlan, method: str, percentile: float) -> dict[str, float]:

@@ -80,6 +80,10 @@ def _check_promotable(run: Run, allow_failed: bool) -> None:
     if not run.complete:
         raise InputDataError(f"{run.name}: partial run (complete: false); "
                              "a baseline is never taken from a partial run")
+    missing = run.missing_files()
+    if missing:
+        raise InputDataError(f"{run.name}: files {missing} listed in its report are missing; "
+                             "a baseline is never taken from an incomplete run folder")
     failed = [r.variant for r in run.rows if r.status == "failed"]
     if failed and not allow_failed:
         raise InputDataError(f"{run.name}: failed rows {failed}; "

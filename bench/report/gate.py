@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from bench.errors import ConfigError
 from bench.report.baseline import Comparability, comparability
-from bench.report.display import fmt_ms
 from bench.report.rows import REFERENCE_VARIANT, Gate, ResultRow
 from bench.report.runs import Run
 
+# Keyed by floor group (VariantSpec.floor); a variant name or a name prefix ending in '-'
+# or '*' may override its group's floor.
 DEFAULT_FLOORS: Mapping[str, float | None] = MappingProxyType({
     "fp16": 0.99,
-    "int8-qat": 0.99,
-    "int8-": 0.95,  # int8-max, int8-entropy, int8-percentile, int8-mse
-    "trt-": 0.95,   # TensorRT's own implicit calibrators, where still available
+    "int8": 0.95,  # int8-max, -entropy, -percentile, -mse and TensorRT's implicit ones
+    "qat": 0.99,
 })
 
 
@@ -38,8 +38,9 @@ def _check_fraction(name: str, value: object, hi: float) -> None:
 class GateConfig:
     """Gate thresholds.
 
-    floors: variant name or prefix (a trailing '*' is allowed) -> minimum fraction of the
-    FP32 mAP; the exact name wins, then the longest prefix; None disables a floor.
+    floors: floor group (fp16, int8, qat: each variant's VariantSpec.floor), variant name
+    or name prefix (ending in '-' or '*') -> minimum fraction of the FP32 mAP; the exact
+    name wins, then the longest prefix, then the group; None disables a floor.
     map_drop_abs: largest allowed absolute mAP drop against the baseline.
     latency_growth: largest allowed relative median-latency growth against the baseline.
     """
@@ -71,18 +72,32 @@ class GateConfig:
 
     def floor_for(self, variant: str) -> float | None:
         """The accuracy floor of a variant; None for fp32 and for unmatched names."""
+        from bench.variants import registry
+
         if variant == REFERENCE_VARIANT:
             return None
         if variant in self.floors:
             return self.floors[variant]
-        prefixes = [k for k in self.floors if variant.startswith(k.rstrip("*"))]
-        return self.floors[max(prefixes, key=len)] if prefixes else None
+        prefixes = [k for k in self.floors if k.endswith(("-", "*"))
+                    and variant.startswith(k.rstrip("*"))]
+        if prefixes:
+            return self.floors[max(prefixes, key=len)]
+        spec = registry().get(variant)
+        return self.floors.get(spec.floor) if spec is not None and spec.floor else None
 
     def describe(self) -> str:
-        floors = ", ".join(f"{k + '*' if k.endswith('-') else k} ≥ {v:g}×fp32"
+        floors = ", ".join(f"{_floor_label(k)} ≥ {v:g}×fp32"
                            for k, v in self.floors.items() if v is not None)
         return (f"floors: {floors or 'none'}; baseline: mAP drop ≤ {self.map_drop_abs:g}, "
                 f"median latency growth ≤ {_pct(self.latency_growth)}")
+
+
+def _floor_label(key: str) -> str:
+    from bench.variants import FLOOR_GROUPS
+
+    if key in FLOOR_GROUPS and key != "fp16":
+        return f"{key} variants"
+    return key + "*" if key.endswith("-") else key
 
 
 def _pct(fraction: float) -> str:
@@ -93,6 +108,7 @@ def _pct(fraction: float) -> str:
 class _Verdict:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def check(self, failed: bool, fail_text: str, pass_text: str) -> None:
         (self.reasons if failed else self.notes).append(fail_text if failed else pass_text)
@@ -103,14 +119,22 @@ def _floor_check(v: _Verdict, row: ResultRow, fp32: ResultRow | None, cfg: GateC
     if floor is None:
         return
     if fp32 is None or not fp32.ok or fp32.map is None:
-        v.notes.append(f"floor {floor:g} × fp32 not checked: no ok fp32 row with mAP in this run")
+        v.warnings.append(f"floor {floor:g} × fp32 NOT CHECKED: no ok fp32 row with mAP "
+                          "in this run")
         return
     if row.map is None:
-        v.notes.append(f"floor {floor:g} × fp32 not checked: mAP not measured")
+        v.warnings.append(f"floor {floor:g} × fp32 NOT CHECKED: mAP not measured")
         return
     limit = floor * fp32.map
-    text = f"floor {floor:g} × fp32 {fp32.map:.3f} = {limit:.3f}"
-    v.check(row.map < limit, f"mAP {row.map:.3f} < {text}", f"mAP {row.map:.3f} ≥ {text}")
+    text = f"floor {floor:g} × fp32 {fp32.map:.4f} = {limit:.4f}"
+    ci = _delta_ci(row)
+    v.check(row.map < limit, f"mAP {row.map:.4f} < {text}{ci}", f"mAP {row.map:.4f} ≥ {text}{ci}")
+
+
+def _delta_ci(row: ResultRow) -> str:
+    if row.delta_map_low is None or row.delta_map_high is None:
+        return ""
+    return f" (ΔmAP vs fp32 95 % CI {row.delta_map_low:+.4f}…{row.delta_map_high:+.4f})"
 
 
 def _baseline_map_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateConfig) -> None:
@@ -118,42 +142,63 @@ def _baseline_map_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateC
         v.notes.append("mAP vs baseline not checked: mAP missing in "
                        f"{'this run' if row.map is None else 'the baseline'}")
         return
+    if row.baseline_map_verdict == "not comparable":
+        v.notes.append(f"mAP not comparable with the baseline: {_evaluation_difference(row, base)}")
+        return
     limit = base.map - cfg.map_drop_abs
-    text = f"baseline {base.map:.3f} − {cfg.map_drop_abs:g} = {limit:.3f}"
+    text = f"baseline {base.map:.4f} − {cfg.map_drop_abs:g} = {limit:.4f}"
     # A tiny epsilon: a drop of exactly the tolerance passes despite float rounding.
     failed = row.map < limit - 1e-12
-    v.check(failed, f"mAP {row.map:.3f} < {text}", f"mAP {row.map:.3f} ≥ {text}")
+    v.check(failed, f"mAP {row.map:.4f} < {text}", f"mAP {row.map:.4f} ≥ {text}")
+
+
+def _evaluation_difference(row: ResultRow, base: ResultRow) -> str:
+    if row.eval_images != base.eval_images:
+        return f"{row.eval_images} images here, {base.eval_images} in the baseline"
+    if not base.eval_fingerprint:
+        return "the baseline records no evaluation fingerprint (written before they existed)"
+    return (f"a different evaluation (fingerprint {row.eval_fingerprint} vs "
+            f"{base.eval_fingerprint}: images, annotations, size or thresholds differ)")
 
 
 def _baseline_latency_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateConfig,
-                            comparable: Comparability) -> None:
+                            comparable: Comparability, fail_inconclusive: bool) -> None:
+    from bench.report.judge import latency_message
+
     if not comparable.comparable:
         v.notes.append(f"latency not comparable: {comparable.why}")
         return
-    if row.latency_ms is None or base.latency_ms is None:
-        v.notes.append("latency vs baseline not checked: median latency missing in "
+    kind = row.baseline_latency_verdict
+    if kind is None or row.latency_ms is None or base.latency_ms is None:
+        v.notes.append("latency vs baseline not checked: no latency in "
                        f"{'this run' if row.latency_ms is None else 'the baseline'}")
         return
-    now, then = row.latency_ms.median, base.latency_ms.median
-    limit = then * (1 + cfg.latency_growth)
-    text = f"baseline {fmt_ms(then)} ms +{_pct(cfg.latency_growth)} = {fmt_ms(limit)} ms"
-    v.check(now > limit * (1 + 1e-12), f"median latency {fmt_ms(now)} ms > {text}",
-            f"median latency {fmt_ms(now)} ms ≤ {text}")
+    text = latency_message(row, cfg.latency_growth)
+    if kind == "not comparable":
+        v.notes.append("latency not comparable: no probe-normalised blocks on both sides, or "
+                       "the speed probe itself moved (another machine or power mode)")
+    elif kind == "regression":
+        v.reasons.append(text)
+    elif kind == "inconclusive":
+        (v.reasons if fail_inconclusive else v.warnings).append(text)
+    else:
+        v.notes.append(text)
 
 
 def _baseline_checks(v: _Verdict, row: ResultRow, base: ResultRow | None, cfg: GateConfig,
-                     comparable: Comparability) -> None:
+                     comparable: Comparability, fail_inconclusive: bool) -> None:
     if base is None:
         v.notes.append(f"no baseline row for {row.variant}")
     elif not base.ok:
         v.notes.append(f"baseline row {row.variant} is {base.status}: not compared")
     else:
         _baseline_map_check(v, row, base, cfg)
-        _baseline_latency_check(v, row, base, cfg, comparable)
+        _baseline_latency_check(v, row, base, cfg, comparable, fail_inconclusive)
 
 
 def evaluate_gate(row: ResultRow, fp32_row: ResultRow | None, baseline_row: ResultRow | None,
-                  comparable: Comparability, cfg: GateConfig | None = None) -> Gate:
+                  comparable: Comparability, cfg: GateConfig | None = None, *,
+                  fail_inconclusive: bool = False) -> Gate:
     """Judge one row: its floor against the same run's fp32 row, then the baseline row.
 
     A failed row fails; a skipped row is not judged (passed None). Latency is compared with
@@ -166,8 +211,9 @@ def evaluate_gate(row: ResultRow, fp32_row: ResultRow | None, baseline_row: Resu
         return Gate(False, (f"failed: {row.error}",))
     verdict = _Verdict()
     _floor_check(verdict, row, fp32_row, cfg)
-    _baseline_checks(verdict, row, baseline_row, cfg, comparable)
-    return Gate(not verdict.reasons, tuple(verdict.reasons), tuple(verdict.notes))
+    _baseline_checks(verdict, row, baseline_row, cfg, comparable, fail_inconclusive)
+    return Gate(not verdict.reasons, tuple(verdict.reasons), tuple(verdict.notes),
+                tuple(verdict.warnings))
 
 
 def match_baseline_row(row: ResultRow, baseline_rows: Iterable[ResultRow]) -> ResultRow | None:
@@ -187,18 +233,13 @@ def row_comparability(row: ResultRow, base: ResultRow, environment: Mapping[str,
 
 
 def gate_rows(rows: Iterable[ResultRow], environment: Mapping[str, Any], baseline: Run | None,
-              cfg: GateConfig | None = None) -> list[ResultRow]:
-    """Return the rows with their gate verdicts filled in."""
-    rows = list(rows)
-    refs = {r.group: r for r in rows if r.variant == REFERENCE_VARIANT}
-    judged = []
-    for row in rows:
-        base = match_baseline_row(row, baseline.rows) if baseline else None
-        comp = (row_comparability(row, base, environment, baseline.environment)
-                if base else Comparability(False, "no baseline"))
-        gate = evaluate_gate(row, refs.get(row.group), base, comp, cfg)
-        judged.append(replace(row, gate=gate))
-    return judged
+              cfg: GateConfig | None = None, *, fail_inconclusive: bool = False
+              ) -> list[ResultRow]:
+    """The rows judged as the suite judges them (bench.report.judge): one gate path."""
+    from bench.report.judge import Judge
+
+    judge = Judge(cfg or GateConfig(), baseline, environment, fail_inconclusive=fail_inconclusive)
+    return judge.judge_all(rows)
 
 
 def gate_passed(rows: Iterable[ResultRow]) -> bool:

@@ -22,14 +22,21 @@ REFERENCE_VARIANT = "fp32"
 # extra key: the fp32 median latency (ms) timed in windows just before and after a row's
 # own, which its speedup_vs_fp32 divides (machine speed drifts between variants).
 PAIRED_KEY = "fp32_paired_median_ms"
-MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+# The twelve COCO summary figures, in COCOeval.stats order.
+MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
+VERDICTS = ("regression", "no change", "inconclusive", "not comparable")
 NON_NEGATIVE_FIELDS = (
     "power_w", "energy_mj_per_inference", "build_s", "calib_s", "eval_ips",
 )
-POSITIVE_FIELDS = ("throughput_ips", "speedup_vs_fp32")
+POSITIVE_FIELDS = ("throughput_ips", "speedup_vs_fp32", "speedup_low", "speedup_high",
+                   "probe_ms", "baseline_latency_ratio", "baseline_latency_low",
+                   "baseline_latency_high")
+DELTA_FIELDS = ("delta_map_vs_fp32", "delta_map_low", "delta_map_high", "baseline_map_delta")
 COUNT_FIELDS = ("artifact_bytes", "eval_images")
 TEXT_FIELDS = (
     "error", "reason", "model", "backend", "device", "power_source", "power_reason", "artifact",
+    "eval_fingerprint", "calib_fingerprint", "baseline_latency_verdict", "baseline_map_verdict",
 )
 
 
@@ -45,6 +52,9 @@ def _check_number(owner: str, name: str, value: object, lo: float, hi: float) ->
         )
 
 
+_OPTIONAL_LATENCY = ("ci_low", "ci_high", "confidence")
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     """Latency statistics of one timing window, in milliseconds."""
@@ -54,10 +64,21 @@ class LatencyStats:
     p99: float
     mean: float
     min: float
+    # The median's confidence interval (distribution-free, from order statistics); None
+    # in reports written before it existed.
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if getattr(self, f.name) is None and f.name in _OPTIONAL_LATENCY:
+                continue
             _check_number("LatencyStats", f.name, getattr(self, f.name), 0.0, math.inf)
+        if self.ci_low is not None and self.ci_high is not None:
+            if not self.ci_low <= self.median <= self.ci_high:
+                raise InputDataError(f"LatencyStats: expected ci_low <= median <= ci_high, got "
+                                     f"{self.ci_low}, {self.median}, {self.ci_high}")
         # A small slack: percentiles from different interpolation rules can cross by rounding.
         slack = 1e-9 * max(1.0, self.p99)
         if not self.min <= self.median + slack <= self.p90 + 2 * slack <= self.p99 + 3 * slack:
@@ -69,13 +90,22 @@ class LatencyStats:
     def to_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def ci_rel_halfwidth(self) -> float | None:
+        """Half the CI's width relative to the median (0.03 for ±3 %)."""
+        if self.ci_low is None or self.ci_high is None or self.median <= 0:
+            return None
+        return (self.ci_high - self.ci_low) / 2 / self.median
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], owner: str = "latency") -> LatencyStats:
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, Mapping) or set(data) != names:
+        required = names - set(_OPTIONAL_LATENCY)
+        if not isinstance(data, Mapping) or not required <= set(data) <= names:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-            raise InputDataError(f"{owner}: expected keys {sorted(names)}, got {got}")
-        return cls(**{name: data[name] for name in names})
+            raise InputDataError(f"{owner}: expected keys {sorted(required)} "
+                                 f"(and optionally {list(_OPTIONAL_LATENCY)}), got {got}")
+        return cls(**{name: data[name] for name in names if name in data})
 
 
 @dataclass(frozen=True)
@@ -85,30 +115,37 @@ class Gate:
     passed is None when the gate did not judge (skipped row, or not evaluated yet).
     reasons: why it failed or was skipped, each with its numbers.
     notes: the checks that passed and the ones that could not be made, with their numbers.
+    warnings: what a reader must see although it did not fail the row (a floor that could
+    not be checked, an inconclusive latency comparison).
     """
 
     passed: bool | None = None
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.passed not in (True, False, None):
             raise InputDataError(f"Gate: passed = {self.passed!r}, expected true, false or null")
-        object.__setattr__(self, "reasons", tuple(str(r) for r in self.reasons))
-        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        for name in ("reasons", "notes", "warnings"):
+            object.__setattr__(self, name, tuple(str(r) for r in getattr(self, name)))
 
     @property
     def lines(self) -> tuple[str, ...]:
-        return self.reasons + self.notes
+        return self.reasons + self.warnings + self.notes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": list(self.reasons), "notes": list(self.notes)}
+        out = {"passed": self.passed, "reasons": list(self.reasons), "notes": list(self.notes)}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Gate:
         if not isinstance(data, Mapping) or "passed" not in data:
             raise InputDataError(f"gate: expected an object with key 'passed', got {data!r}")
-        return cls(data["passed"], tuple(data.get("reasons", ())), tuple(data.get("notes", ())))
+        return cls(data["passed"], tuple(data.get("reasons", ())), tuple(data.get("notes", ())),
+                   tuple(data.get("warnings", ())))
 
 
 def _as_latency(owner: str, name: str, value: object) -> LatencyStats | None:
@@ -147,11 +184,33 @@ class ResultRow:
     map_small: float | None = None
     map_medium: float | None = None
     map_large: float | None = None
+    ar1: float | None = None
+    ar10: float | None = None
+    ar100: float | None = None
+    ar_small: float | None = None
+    ar_medium: float | None = None
+    ar_large: float | None = None
     delta_map_vs_fp32: float | None = None
+    # paired bootstrap CI over images of delta_map_vs_fp32 (same images on both sides)
+    delta_map_low: float | None = None
+    delta_map_high: float | None = None
     latency_ms: LatencyStats | None = None
     e2e_latency_ms: LatencyStats | None = None
     throughput_ips: float | None = None
+    # median of the ratios fp32 block / variant block, interleaved; CI from order statistics
     speedup_vs_fp32: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    probe_ms: float | None = None  # the speed probe's median beside this variant
+    # against the baseline: probe-normalised latency now / then, and its verdict
+    baseline_latency_ratio: float | None = None
+    baseline_latency_low: float | None = None
+    baseline_latency_high: float | None = None
+    baseline_latency_verdict: str | None = None
+    baseline_map_delta: float | None = None
+    baseline_map_verdict: str | None = None
+    eval_fingerprint: str | None = None
+    calib_fingerprint: str | None = None
     power_w: float | None = None
     energy_mj_per_inference: float | None = None
     power_source: str | None = None
@@ -195,12 +254,16 @@ class ResultRow:
                 raise InputDataError(f"{owner}: {name} = {value!r}, expected a str or None")
 
     def _check_numbers(self, owner: str) -> None:
-        ranges = [(n, 0.0, 1.0) for n in MAP_FIELDS] + [("delta_map_vs_fp32", -1.0, 1.0)]
+        ranges = [(n, 0.0, 1.0) for n in MAP_FIELDS] + [(n, -1.0, 1.0) for n in DELTA_FIELDS]
         ranges += [(n, 0.0, math.inf) for n in NON_NEGATIVE_FIELDS]
         ranges += [(n, 1e-300, math.inf) for n in POSITIVE_FIELDS]
         for name, lo, hi in ranges:
             if getattr(self, name) is not None:
                 _check_number(owner, name, getattr(self, name), lo, hi)
+        for name in ("baseline_latency_verdict", "baseline_map_verdict"):
+            value = getattr(self, name)
+            if value is not None and value not in VERDICTS:
+                raise InputDataError(f"{owner}: {name} = {value!r}, expected one of {VERDICTS}")
         for name in COUNT_FIELDS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -257,6 +320,8 @@ def _relative(row: ResultRow, ref: ResultRow | None) -> ResultRow:
             paired = (row.extra or {}).get(PAIRED_KEY)
             reference = paired if paired else ref.latency_ms.median
             speedup = reference / row.latency_ms.median
+    if row.speedup_vs_fp32 is not None and ref is not None:  # the judge's paired figure
+        speedup = row.speedup_vs_fp32
     return replace(row, delta_map_vs_fp32=delta, speedup_vs_fp32=speedup)
 
 

@@ -1,7 +1,17 @@
 """A whole run as stored in report.json, and finding and reading one.
 
-report.json = {schema_version: 1, run_id, environment, complete, created, rows: [...]}.
-results/baseline.json is a promoted run's report.json (plus promoted_from).
+report.json = {schema_version, run_id, environment, complete, created, rows: [...],
+files, baseline}. results/baseline.json is a promoted run's report.json (plus
+promoted_from). A committed baseline must survive a schema change, so every older
+version is migrated when read (MIGRATIONS), never refused.
+
+Format history:
+- 1: the first format.
+- 2: rows gain the twelve COCO figures, CIs (latency median, speedup, ΔmAP), the probe
+  median, baseline verdicts and evaluation/calibration fingerprints (all optional, so
+  a version-1 row reads as is); the gate gains warnings; the run records the files it
+  wrote (report.json is written last, so a run with it is complete on disk) and the
+  baseline it was judged against.
 """
 
 from __future__ import annotations
@@ -15,10 +25,18 @@ from typing import Any
 from bench.errors import InputDataError
 from bench.report.rows import ResultRow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REPORT_NAME = "report.json"
 REQUIRED_KEYS = ("schema_version", "environment", "complete", "created", "rows")
-OPTIONAL_KEYS = ("run_id", "promoted_from")
+OPTIONAL_KEYS = ("run_id", "promoted_from", "files", "baseline")
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "schema_version": 2}  # every field added in 2 is optional
+
+
+# version -> function turning that version's report into the next version's
+MIGRATIONS = {1: _from_v1}
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,8 @@ class Run:
     created: str
     run_id: str | None = None
     promoted_from: str | None = None
+    files: tuple[str, ...] | None = None  # what the run wrote beside report.json
+    baseline: Mapping[str, Any] | None = None  # the baseline it was judged against
     path: Path | None = field(default=None, compare=False)  # the report.json it came from
 
     @property
@@ -45,7 +65,17 @@ class Run:
                    created=self.created, rows=[r.to_dict() for r in self.rows])
         if self.promoted_from is not None:
             out["promoted_from"] = self.promoted_from
+        if self.files is not None:
+            out["files"] = list(self.files)
+        if self.baseline is not None:
+            out["baseline"] = dict(self.baseline)
         return out
+
+    def missing_files(self) -> list[str]:
+        """Files the run says it wrote that are not beside its report.json."""
+        if self.path is None or self.files is None:
+            return []
+        return [name for name in self.files if not (self.path.parent / name).is_file()]
 
 
 def _check_top(data: object, source: str) -> Mapping[str, Any]:
@@ -57,9 +87,13 @@ def _check_top(data: object, source: str) -> Mapping[str, Any]:
     unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise InputDataError(f"{source}: unknown key(s) {unknown}")
-    if data["schema_version"] != SCHEMA_VERSION:
+    version = data["schema_version"]
+    while version in MIGRATIONS:
+        data = MIGRATIONS[version](dict(data))
+        version = data["schema_version"]
+    if version != SCHEMA_VERSION:
         raise InputDataError(f"{source}: schema_version {data['schema_version']!r} "
-                             f"not supported, expected {SCHEMA_VERSION}")
+                             f"not supported, expected {SCHEMA_VERSION} or older")
     return data
 
 
@@ -87,7 +121,9 @@ def parse_report(data: object, source: str, path: Path | None = None) -> Run:
     _check_types(top, source)
     return Run(environment=dict(top["environment"]), rows=_parse_rows(top["rows"], source),
                complete=top["complete"], created=top["created"], run_id=top.get("run_id"),
-               promoted_from=top.get("promoted_from"), path=path)
+               promoted_from=top.get("promoted_from"),
+               files=tuple(top["files"]) if top.get("files") is not None else None,
+               baseline=top.get("baseline"), path=path)
 
 
 def read_report(path: Path) -> Run:

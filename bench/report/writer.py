@@ -1,8 +1,8 @@
 """Writing a run folder: results/runs/<id>/{report.json, report.csv, summary.md,
 pareto.png, benchmark.json}, each file atomically, then pointing results/latest at it.
 
-report.json is written first: it is the record every other file is derived from, so a
-crash later leaves a run that `bench report` can render again.
+report.json is written last and lists the files written before it: a run folder with a
+report.json is whole on disk, and one killed before it has none (nothing to promote).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,17 +52,21 @@ def _json_text(data: Any) -> str:
 
 def write_files(run_dir: Path, run: Run, benchmark_json: Mapping | None,
                 thresholds: str | None) -> None:
-    atomic_write_text(run_dir / REPORT_NAME, _json_text(run.to_dict()))
     atomic_write_text(run_dir / "report.csv", rows_to_frame(run.rows).to_csv(index=False))
     atomic_write_text(run_dir / "summary.md", render_markdown(run, thresholds))
     write_pareto(run.rows, run_dir / "pareto.png")
+    files = ["report.csv", "summary.md", "pareto.png"]
     if benchmark_json is not None:
         atomic_write_text(run_dir / "benchmark.json", _json_text(benchmark_json))
+        files.append("benchmark.json")
+    run = replace(run, files=tuple(files))
+    atomic_write_text(run_dir / REPORT_NAME, _json_text(run.to_dict()))
 
 
 def write_run(run_dir: Path, environment: Mapping[str, Any], rows: Iterable[ResultRow],
               benchmark_json: Mapping[str, Any] | None = None, complete: bool = True, *,
-              results_dir: Path | None = None, thresholds: str | None = None) -> Path:
+              results_dir: Path | None = None, thresholds: str | None = None,
+              baseline: Any = None) -> Path:
     """Write every file of a run and update `latest`; returns the run dir.
 
     results_dir (where `latest` goes) defaults to the parent of runs/ when run_dir is
@@ -71,7 +76,8 @@ def write_run(run_dir: Path, environment: Mapping[str, Any], rows: Iterable[Resu
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(environment=dict(environment), rows=tuple(rows), complete=bool(complete),
-              created=utc_now().isoformat(timespec="seconds"), run_id=run_dir.name)
+              created=utc_now().isoformat(timespec="seconds"), run_id=run_dir.name,
+              baseline=baseline.to_dict() if baseline is not None else None)
     write_files(run_dir, run, benchmark_json, thresholds)
     link_home = results_dir if results_dir is not None else _results_dir_of(run_dir)
     if link_home is not None:

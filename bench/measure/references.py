@@ -1,0 +1,98 @@
+"""The engines a run keeps beside each variant: the fp32 reference and the speed probe,
+plus the power source, opened once and freed at the end.
+
+The fp32 engine times blocks beside every other variant (the speedup); the probe, a small
+fixed model on the same backend and threads, times blocks beside every variant (latency
+comparable across runs). When either cannot open, the variant's own figures stand and the
+error is kept for the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import one_line
+from bench.variants import REFERENCE, spec_of
+
+if TYPE_CHECKING:
+    from bench.engines.base import Engine
+    from bench.power.base import Sampler
+    from bench.run import RunContext
+
+
+class References:
+    """Opens variant engines with the run's settings and keeps the reference engines."""
+
+    def __init__(self, run: RunContext):
+        self.run, self.cfg = run, run.cfg
+        self._anchor: Engine | None = None
+        self._probe: Engine | None = None
+        self.errors: dict[str, str] = {}  # "fp32" / "probe" -> why it could not open
+        self._power_source: Any = None  # the source "auto" picked, or its NoneSampler
+
+    def open(self, variant: str, path: Path) -> Engine:
+        """An active engine for one variant's artifact, with the run's sizes."""
+        from bench.engines.factory import make_engine
+
+        context = self.run.build_context()
+        return make_engine(self.cfg, spec_of(variant), path, calibration=context.calib_batches,
+                           calibration_id=context.calib_id).activate()
+
+    def anchor(self, variant: str) -> Engine | None:
+        """The fp32 engine, for every variant but fp32 itself."""
+        if variant == REFERENCE or "fp32" in self.errors:
+            return None
+        if self._anchor is None:
+            from bench.build import build_variant
+
+            try:
+                path = build_variant(REFERENCE, self.run.build_context()).path
+                self._anchor = self.open(REFERENCE, path)
+            except Exception as exc:  # the variant's own figures stand; speedup unpaired
+                self.errors["fp32"] = one_line(exc)
+                return None
+        return self._anchor
+
+    def probe(self) -> Engine | None:
+        """The speed probe on the run's backend and threads."""
+        if "probe" in self.errors:
+            return None
+        if self._probe is None:
+            from bench.measure.probe import probe_model_path
+
+            try:
+                path = probe_model_path(Path(self.cfg.cache_dir) / "probe")
+                self._probe = self._open_probe(path)
+            except Exception as exc:
+                self.errors["probe"] = one_line(exc)
+                return None
+        return self._probe
+
+    def _open_probe(self, path: Path) -> Engine:
+        from bench.engines.factory import make_engine
+
+        return make_engine(self.cfg, spec_of(REFERENCE), path).activate()
+
+    def sampler(self) -> Sampler:
+        """A fresh sampler per window; "auto" probes the sources once per run."""
+        from bench.power.auto import make_sampler
+
+        interval = self.cfg.power_interval_s
+        if self._power_source is None:
+            first = make_sampler(self.cfg.power, interval_s=interval)
+            self._power_source = first if first.source == "none" else first.source
+            return first
+        if isinstance(self._power_source, str):
+            return make_sampler(self._power_source, interval_s=interval)
+        return self._power_source
+
+    def notes(self) -> dict[str, str]:
+        """For a row's extra: which reference could not be timed beside it, and why."""
+        return {f"{name}_unavailable": why for name, why in self.errors.items()}
+
+    def close(self) -> None:
+        for engine in (self._anchor, self._probe):
+            if engine is not None:
+                engine.deactivate()
+        self._anchor = self._probe = None

@@ -1,0 +1,203 @@
+"""The judge: figures relative to fp32, the comparison with the baseline, and the gate.
+
+One path for the suite and for `bench compare`. A row arrives with its own figures (see
+bench.report.assemble); the judge adds
+
+- against fp32 in the same run: ΔmAP (with the paired bootstrap CI the session computed)
+  and the speedup (median of paired block ratios, with its CI; the fp32 row's median when
+  the row has no paired blocks, e.g. an old report);
+- against the baseline: mAP only between identical evaluations (same fingerprint), else
+  "not comparable"; latency as a three-way verdict on probe-normalised blocks
+  (bench.measure.stats.compare_to_baseline), "not comparable" when the probe moved;
+- the gate: floors are hard thresholds; a regression fails; an inconclusive latency
+  verdict fails only when asked (fail_inconclusive); a floor that could not be checked
+  (no fp32 in the run) is a visible warning, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import BenchError
+from bench.measure.stats import compare_to_baseline, normalised_latency, paired_ratio
+from bench.report.gate import GateConfig, evaluate_gate, match_baseline_row, row_comparability
+from bench.report.rows import PAIRED_KEY, REFERENCE_VARIANT, ResultRow
+from bench.report.runs import Run
+
+if TYPE_CHECKING:
+    from bench.config import BenchConfig
+
+BLOCKS_KEY = "blocks"  # extra: {"variant_ms": [...], "reference_ms": [...], "probe_ms": [...]}
+
+
+@dataclass(frozen=True)
+class BaselineInfo:
+    """Which baseline a run was judged against, for the report's header."""
+
+    run_id: str | None
+    commit: str | None
+    created: str | None
+    host: str | None
+    path: str
+
+    @classmethod
+    def of(cls, run: Run, path: str) -> BaselineInfo:
+        env = run.environment
+        host = env.get("host", {}).get("name") if isinstance(env.get("host"), Mapping) else None
+        return cls(run.promoted_from or run.run_id, env.get("commit"), run.created, host, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def gate_config(cfg: BenchConfig) -> GateConfig:
+    """The gate's thresholds from the run's config (floors by floor group)."""
+    return GateConfig.from_mapping({
+        "floors": {"fp16": cfg.floor_fp16, "int8": cfg.floor_int8, "qat": cfg.floor_qat},
+        "map_drop_abs": cfg.map_tolerance, "latency_growth": cfg.latency_tolerance})
+
+
+class Judge:
+    """Judges rows one at a time (as the suite produces them) or a whole run."""
+
+    @classmethod
+    def from_config(cls, cfg: BenchConfig, environment: Mapping[str, Any]) -> Judge:
+        """The suite's judge: the configured thresholds and the configured baseline."""
+        from bench.report.baseline import load_baseline
+
+        baseline = load_baseline(Path(cfg.baseline))
+        judge = cls(gate_config(cfg), baseline, environment,
+                    fail_inconclusive=cfg.fail_inconclusive)
+        judge.baseline_path = str(cfg.baseline)
+        return judge
+
+    def baseline_info(self) -> BaselineInfo | None:
+        if self.baseline is None:
+            return None
+        return BaselineInfo.of(self.baseline, getattr(self, "baseline_path", ""))
+
+    def __init__(self, gate: GateConfig, baseline: Run | None = None,
+                 environment: Mapping[str, Any] | None = None, *,
+                 fail_inconclusive: bool = False):
+        self.gate, self.baseline = gate, baseline
+        self.environment = dict(environment or {})
+        self.fail_inconclusive = fail_inconclusive
+
+    def judge(self, row: ResultRow, fp32: ResultRow | None) -> ResultRow:
+        row = relative_to_fp32(row, fp32)
+        base = match_baseline_row(row, self.baseline.rows) if self.baseline else None
+        row = self._against_baseline(row, base)
+        gate = evaluate_gate(row, fp32, base, self._comparability(row, base), self.gate,
+                             fail_inconclusive=self.fail_inconclusive)
+        return dataclasses.replace(row, gate=gate)
+
+    def judge_all(self, rows: Iterable[ResultRow]) -> list[ResultRow]:
+        rows = list(rows)
+        refs = {r.group: r for r in rows if r.variant == REFERENCE_VARIANT and r.ok}
+        return [self.judge(r, refs.get(r.group)) for r in rows]
+
+    def _comparability(self, row: ResultRow, base: ResultRow | None) -> Any:
+        from bench.report.baseline import Comparability
+
+        if base is None or self.baseline is None:
+            return Comparability(False, "no baseline")
+        return row_comparability(row, base, self.environment, self.baseline.environment)
+
+    def _against_baseline(self, row: ResultRow, base: ResultRow | None) -> ResultRow:
+        if base is None or not base.ok or not row.ok:
+            return row
+        changes: dict[str, Any] = map_against_baseline(row, base)
+        comparable = self._comparability(row, base)
+        if comparable.comparable:
+            changes.update(latency_against_baseline(row, base, self.gate.latency_growth))
+        else:
+            changes["baseline_latency_verdict"] = "not comparable"
+        return dataclasses.replace(row, **changes)
+
+
+def relative_to_fp32(row: ResultRow, fp32: ResultRow | None) -> ResultRow:
+    """ΔmAP and speedup against the same run's fp32 row (None when either is missing)."""
+    if not row.ok or fp32 is None or not fp32.ok or row.variant == REFERENCE_VARIANT:
+        return dataclasses.replace(row, delta_map_vs_fp32=None, speedup_vs_fp32=None,
+                                   speedup_low=None, speedup_high=None)
+    delta = row.map - fp32.map if row.map is not None and fp32.map is not None else None
+    changes: dict[str, Any] = {"delta_map_vs_fp32": delta}
+    if delta is None:
+        changes.update(delta_map_low=None, delta_map_high=None)
+    blocks = _blocks(row)
+    if blocks and blocks.get("reference_ms"):
+        speedup = paired_ratio(blocks["variant_ms"], blocks["reference_ms"])
+        changes.update(speedup_vs_fp32=speedup.estimate, speedup_low=speedup.low,
+                       speedup_high=speedup.high)
+    elif row.latency_ms is not None and fp32.latency_ms is not None:
+        # no paired blocks (a report from before they existed): the two medians shown
+        changes.update(speedup_vs_fp32=fp32.latency_ms.median / row.latency_ms.median,
+                       speedup_low=None, speedup_high=None)
+    return dataclasses.replace(row, **changes)
+
+
+def map_against_baseline(row: ResultRow, base: ResultRow) -> dict[str, Any]:
+    if row.map is None or base.map is None:
+        return {}
+    if not row.eval_fingerprint or row.eval_fingerprint != base.eval_fingerprint:
+        return {"baseline_map_delta": row.map - base.map,
+                "baseline_map_verdict": "not comparable"}
+    return {"baseline_map_delta": row.map - base.map, "baseline_map_verdict": None}
+
+
+def latency_against_baseline(row: ResultRow, base: ResultRow,
+                             tolerance: float) -> dict[str, Any]:
+    now, then = _normalised(row), _normalised(base)
+    if now is None or then is None:
+        return {"baseline_latency_verdict": "not comparable"}
+    verdict = compare_to_baseline(now, then, tolerance=tolerance, probe_now=row.probe_ms,
+                                  probe_baseline=base.probe_ms)
+    changes: dict[str, Any] = {"baseline_latency_verdict": verdict.kind}
+    if verdict.ratio is not None:
+        changes.update(baseline_latency_ratio=verdict.ratio.estimate,
+                       baseline_latency_low=verdict.ratio.low,
+                       baseline_latency_high=verdict.ratio.high)
+    return changes
+
+
+def latency_message(row: ResultRow, tolerance: float) -> str | None:
+    """The verdict in words, as the gate and the PR comment print it."""
+    kind = row.baseline_latency_verdict
+    if kind is None:
+        return None
+    if row.baseline_latency_ratio is None:
+        return "latency not comparable with the baseline"
+    pct = _signed_pct(row.baseline_latency_ratio)
+    ci = f"CI {_signed_pct(row.baseline_latency_low)}…{_signed_pct(row.baseline_latency_high)} %"
+    return (f"median latency {pct} % vs baseline ({ci}, tolerance +{tolerance * 100:g} %): "
+            f"{kind}")
+
+
+def _signed_pct(ratio: float | None) -> str:
+    if ratio is None:
+        return "?"
+    pct = (ratio - 1.0) * 100.0
+    return f"{pct:+.0f}" if abs(pct) >= 1 else f"{pct:+.1f}"
+
+
+def _blocks(row: ResultRow) -> Mapping[str, Sequence[float]] | None:
+    blocks = (row.extra or {}).get(BLOCKS_KEY)
+    return blocks if isinstance(blocks, Mapping) and blocks.get("variant_ms") else None
+
+
+def _normalised(row: ResultRow) -> list[float] | None:
+    blocks = _blocks(row)
+    if not blocks or not blocks.get("probe_ms"):
+        return None
+    try:
+        return list(normalised_latency(blocks["variant_ms"], blocks["probe_ms"]))
+    except BenchError:
+        return None
+
+
+__all__ = ["BLOCKS_KEY", "BaselineInfo", "Judge", "PAIRED_KEY", "latency_message",
+           "relative_to_fp32"]
