@@ -18,11 +18,19 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from bench.errors import BenchError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; callers fall back to age alone
+    fcntl = None  # type: ignore[assignment]
+
+HAVE_LOCKS = fcntl is not None
 
 TMP_PREFIX = ".bench-tmp-"
 DEFAULT_STALE_S = 3600.0
@@ -126,9 +134,48 @@ def atomic_symlink(link: Path, target: str | Path) -> Path:
     return link
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on path (created, and kept, if absent) while inside.
+
+    Released when the block ends or the process dies, however it dies. Where the platform
+    has no advisory locks this is a no-op.
+    """
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise output_error(Path(path), exc, "cannot create the lock file") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether some open file (in any process) holds file_lock(path) now."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def sweep_stale(folder: Path, max_age_s: float = DEFAULT_STALE_S,
-                keep: Callable[[Path], bool] | None = None) -> list[Path]:
-    """Remove TMP_PREFIX files, links and folders directly in folder older than max_age_s.
+                keep: Callable[[Path], bool] | None = None,
+                prefix: str = TMP_PREFIX) -> list[Path]:
+    """Remove prefix* files, links and folders directly in folder older than max_age_s.
 
     Only names with this harness's prefix are touched; keep(path) -> True spares one
     (e.g. a temporary folder whose build is still running). Returns what was removed;
@@ -137,7 +184,7 @@ def sweep_stale(folder: Path, max_age_s: float = DEFAULT_STALE_S,
     removed: list[Path] = []
     now = time.time()
     try:
-        entries = [p for p in Path(folder).iterdir() if p.name.startswith(TMP_PREFIX)]
+        entries = [p for p in Path(folder).iterdir() if p.name.startswith(prefix)]
     except OSError:
         return removed
     for entry in entries:
