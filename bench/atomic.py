@@ -31,6 +31,7 @@ except ImportError:  # Windows: no advisory locks; callers fall back to age alon
     fcntl = None  # type: ignore[assignment]
 
 HAVE_LOCKS = fcntl is not None
+_NO_LOCKS = {getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOSYS") if hasattr(errno, n)}
 
 TMP_PREFIX = ".bench-tmp-"
 DEFAULT_STALE_S = 3600.0
@@ -139,7 +140,8 @@ def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on path (created, and kept, if absent) while inside.
 
     Released when the block ends or the process dies, however it dies. Where the platform
-    has no advisory locks this is a no-op.
+    or the file system has no advisory locks this is a no-op (what is locked stays
+    correct without it, only possibly done twice).
     """
     if fcntl is None:
         yield
@@ -149,7 +151,11 @@ def file_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise output_error(Path(path), exc, "cannot create the lock file") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks (some network mounts)
+            if exc.errno not in _NO_LOCKS:
+                raise output_error(Path(path), exc, "cannot lock") from exc
         yield
     finally:
         os.close(fd)
