@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import PIL
 
-from bench.data.letterbox import letterbox
+from bench.data.letterbox import PAD_VALUE, letterbox
 from bench.errors import ConfigError, InputDataError
 
 
@@ -57,6 +58,48 @@ def calibration_batches(
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
         yield np.stack([letterbox(source.load_rgb(i), imgsz)[0] for i in chunk])
+
+
+# Bump when what calibration_batches makes of the same files changes (letterbox geometry,
+# resampling, scaling to [0, 1], RGB order, the sampler). The pad value and Pillow's
+# version (its decoders and resize) are added to the fingerprint as they are.
+PREPROCESS_VERSION = "letterbox-bilinear-rgb-unit-v1"
+
+
+def calibration_fingerprint(
+    source: ImageSource, count: int, imgsz: int, batch: int = 1, seed: int = 0
+) -> str:
+    """sha256 hex of the images calibration_batches(source, count, imgsz, batch, seed) uses.
+
+    Hashes each image file's bytes (not decoded pixels) in the order used, with the number
+    of images used, imgsz, batch, seed, PREPROCESS_VERSION, the pad value and Pillow's
+    version: replacing, adding or reordering images changes it, moving the same files
+    elsewhere does not, and a count above the source's size gives the key of all its
+    images. InputDataError if an image is missing or unreadable.
+    """
+    if batch < 1:
+        raise ConfigError(f"calibration batch must be at least 1, got {batch}")
+    ids = calibration_ids(source, count, seed)
+    digest = hashlib.sha256(
+        f"{PREPROCESS_VERSION}|pad={PAD_VALUE}|pillow={PIL.__version__}|images={len(ids)}"
+        f"|imgsz={imgsz}|batch={batch}|seed={seed}".encode()
+    )
+    for image_id in ids:
+        digest.update(_file_digest(source.image_path(image_id)))
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise InputDataError(f"calibration image missing: {path}") from None
+    except OSError as exc:
+        raise InputDataError(f"cannot read calibration image {path}: {exc}") from None
+    return digest.digest()
 
 
 def _digest(path: Path) -> str:

@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
+from bench.data.coco_checks import check_instances
 from bench.data.images import read_rgb
 from bench.errors import InputDataError
 
-_REQUIRED = {
-    "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "category_id", "bbox"),
-    "categories": ("id", "name"),
-}
 _PREFIX = "instances_"
 
 
@@ -63,20 +59,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _validate(data: dict, path: Path) -> None:
-    for section, keys in _REQUIRED.items():
-        if section not in data:
-            raise InputDataError(f"annotations {path} lack the key {section!r}")
-        if not isinstance(data[section], list):
-            raise InputDataError(f"annotations {path}: {section!r} is not a list")
-        for index, entry in enumerate(data[section]):
-            missing = [k for k in keys if k not in entry]
-            if missing:
-                raise InputDataError(
-                    f"annotations {path}: {section}[{index}] lacks the key {missing[0]!r}"
-                )
-
-
 def _fill_defaults(data: dict) -> None:
     # COCOeval reads area (size ranges) and iscrowd; some exported subsets omit them.
     for ann in data["annotations"]:
@@ -109,6 +91,7 @@ class CocoDataset:
         *,
         images_dir: str | Path | None = None,
         class_map: Sequence[int] | Mapping[int, int] | None = None,
+        lenient: bool = False,
     ):
         path = Path(path)
         is_json = path.suffix.lower() == ".json"
@@ -123,7 +106,8 @@ class CocoDataset:
                 f"image folder not found: {self.images_dir} (for {self.annotation_path})"
             )
         data = _read_json(self.annotation_path)
-        _validate(data, self.annotation_path)
+        self.lenient = lenient
+        self.dropped: Mapping[str, int] = check_instances(data, self.annotation_path, lenient)
         _fill_defaults(data)
         self.coco = _quiet_coco(data)
         self.category_ids: list[int] = sorted(self.coco.cats)
@@ -137,9 +121,10 @@ class CocoDataset:
         *,
         images_dir: str | Path | None = None,
         class_map: Sequence[int] | Mapping[int, int] | None = None,
+        lenient: bool = False,
     ) -> CocoDataset:
         """Same as the constructor."""
-        return cls(path, split, images_dir=images_dir, class_map=class_map)
+        return cls(path, split, images_dir=images_dir, class_map=class_map, lenient=lenient)
 
     def _class_mapping(self, class_map: Sequence[int] | Mapping[int, int] | None) -> list[int]:
         if class_map is None:
@@ -194,4 +179,5 @@ class CocoDataset:
 
     def __repr__(self) -> str:
         path = str(self.annotation_path)
-        return f"CocoDataset({path!r}, {len(self)} images, {self.num_classes} classes)"
+        dropped = f", {sum(self.dropped.values())} annotations dropped" if self.dropped else ""
+        return f"CocoDataset({path!r}, {len(self)} images, {self.num_classes} classes{dropped})"

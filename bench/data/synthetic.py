@@ -17,13 +17,22 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from bench.atomic import (
+    HAVE_LOCKS,
+    TMP_PREFIX,
+    file_lock,
+    lock_is_held,
+    output_error,
+    sweep_stale,
+    temp_name,
+)
 
 GENERATOR_VERSION = "3"
 DEFAULT_SEED = 0
@@ -446,20 +455,45 @@ def ensure_default(
     """Generate the dataset once as <cache_dir>/<key>/ (atomically) and return that root.
 
     cache_dir is the folder that holds generated datasets (default: default_datasets_dir());
-    the key names the generator version, seed and split sizes.
+    the key names the generator version, seed and split sizes. Generation runs under a
+    lock (<key>.lock), so concurrent runs generate it once, in a .bench-tmp-<key>.* folder;
+    such folders left by a killed run are removed here (only where no generation runs).
     """
     parent = Path(cache_dir) if cache_dir is not None else default_datasets_dir()
     final = parent / dataset_key(seed, n_train, n_eval)
     if final.is_dir():
         return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parent))
     try:
-        generate(tmp, seed=seed, n_train=n_train, n_eval=n_eval, progress=progress)
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():  # not a concurrent process winning the race: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(parent, exc, "cannot create the datasets folder") from exc
+    with file_lock(parent / f"{final.name}.lock"):
+        _sweep_generations(parent, final.name)
+        if final.is_dir():  # a concurrent run generated it while we waited
+            return final
+        tmp = parent / temp_name(final.name)
+        try:
+            tmp.mkdir()  # not mkdtemp: the dataset gets the umask's permissions, not 0700
+            generate(tmp, seed=seed, n_train=n_train, n_eval=n_eval, progress=progress)
+            os.replace(tmp, final)
+        except OSError as exc:
+            if not final.is_dir():
+                raise output_error(tmp, exc, "cannot write the generated dataset") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _sweep_generations(parent: Path, held_key: str) -> list[Path]:
+    """Remove leftover generation folders whose lock no process holds (older than a day
+    where the platform has no locks). Called holding held_key's lock: that key's
+    leftovers are dead by definition."""
+    legacy = sweep_stale(parent, 3600.0, prefix=f".{held_key}.")  # earlier versions' mkdtemp
+    if not HAVE_LOCKS:
+        return legacy + sweep_stale(parent, 24 * 3600.0)
+
+    def alive(entry: Path) -> bool:
+        key = entry.name[len(TMP_PREFIX):].rsplit(".", 2)[0]
+        return key != held_key and lock_is_held(parent / f"{key}.lock")
+
+    return legacy + sweep_stale(parent, 0.0, keep=alive)

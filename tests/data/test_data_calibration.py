@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -7,7 +8,12 @@ import pytest
 from PIL import Image
 
 from bench.data import synthetic
-from bench.data.calibration import calibration_batches, calibration_ids, check_disjoint
+from bench.data.calibration import (
+    calibration_batches,
+    calibration_fingerprint,
+    calibration_ids,
+    check_disjoint,
+)
 from bench.data.coco import CocoDataset
 from bench.data.images import ImageFolder
 from bench.errors import ConfigError, InputDataError
@@ -72,3 +78,57 @@ def test_disjoint_splits_pass_and_overlaps_raise(ds_root, tmp_path):
     with pytest.raises(InputDataError, match="also evaluation images"):
         check_disjoint(ImageFolder(copied), val)
     check_disjoint(val, val, calib_ids=[])  # an explicit, empty sample never clashes
+
+
+def _images(root: Path, shade: int, n: int = 6) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (24, 16 + i), (shade, i * 30, 0)).save(root / f"{i:02d}.png")
+    return root
+
+
+def test_fingerprint_follows_the_image_bytes(tmp_path):
+    bright = _images(tmp_path / "bright", 200)
+    dark = _images(tmp_path / "dark", 3)  # same names and sizes, other pixels
+    key = calibration_fingerprint(ImageFolder(bright), 4, 64)
+    assert calibration_fingerprint(ImageFolder(dark), 4, 64) != key
+    copy = Path(shutil.copytree(bright, tmp_path / "elsewhere" / "copy"))
+    assert calibration_fingerprint(ImageFolder(copy), 4, 64) == key
+    assert calibration_fingerprint(ImageFolder(bright), 4, 64) == key  # deterministic
+
+
+def test_replacing_one_used_file_changes_the_fingerprint(tmp_path):
+    root = _images(tmp_path / "calib", 200)
+    folder = ImageFolder(root)
+    key = calibration_fingerprint(folder, 3, 64)
+    victim = folder.image_path(calibration_ids(folder, 3)[1])
+    before = victim.stat()
+    Image.new("RGB", Image.open(victim).size, (201, 0, 0)).save(victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with the old mtime
+    assert calibration_fingerprint(ImageFolder(root), 3, 64) != key
+    unused = next(i for i in folder.image_ids if i not in calibration_ids(folder, 3))
+    key = calibration_fingerprint(ImageFolder(root), 3, 64)
+    Image.new("RGB", (24, 16), (9, 9, 9)).save(folder.image_path(unused))
+    assert calibration_fingerprint(ImageFolder(root), 3, 64) == key  # not an image used
+
+
+def test_fingerprint_settings_and_sources(ds_root, folder, tmp_path):
+    train = CocoDataset.open(ds_root, "train")
+    key = calibration_fingerprint(train, 4, 64)
+    others = {calibration_fingerprint(train, 3, 64), calibration_fingerprint(train, 4, 32),
+              calibration_fingerprint(train, 4, 64, batch=8),
+              calibration_fingerprint(train, 4, 64, seed=1),
+              calibration_fingerprint(CocoDataset.open(ds_root, "val"), 4, 64),
+              calibration_fingerprint(folder, 4, 64)}
+    assert key not in others and len(others) == 6
+    # every image used either way: the same images, the same key
+    assert calibration_fingerprint(train, 6, 64) == calibration_fingerprint(train, 500, 64)
+    missing = train.image_path(calibration_ids(train, 4)[0])
+    missing.rename(tmp_path / "moved.png")
+    try:
+        with pytest.raises(InputDataError, match=f"calibration image missing: {missing}"):
+            calibration_fingerprint(train, 4, 64)
+    finally:
+        (tmp_path / "moved.png").rename(missing)
+    with pytest.raises(ConfigError, match="batch must be at least 1"):
+        calibration_fingerprint(train, 4, 64, batch=0)

@@ -1,5 +1,10 @@
 import hashlib
 import json
+import os
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from bench.atomic import TMP_PREFIX
 from bench.data import synthetic
 
 
@@ -136,7 +142,47 @@ def test_ensure_default_generates_once_atomically(tmp_path, monkeypatch):
     stamp = (root / "annotations" / "instances_val.json").stat().st_mtime_ns
     assert synthetic.ensure_default(n_train=2, n_eval=2, progress=False) == root
     assert (root / "annotations" / "instances_val.json").stat().st_mtime_ns == stamp
-    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no temp dir left
+    left = sorted(p.name for p in root.parent.iterdir())
+    assert left == [root.name, f"{root.name}.lock"]  # no temp dir left, the lock stays
+
+
+def test_a_killed_generation_is_swept_and_the_dataset_honours_the_umask(tmp_path):
+    key = synthetic.dataset_key(synthetic.DEFAULT_SEED, 1, 1)
+    dead = tmp_path / f"{TMP_PREFIX}{key}.4242.abcd1234"  # what SIGKILL mid-generation leaves
+    (dead / "train").mkdir(parents=True)
+    (dead / "train" / "000001.png").write_bytes(b"half an image")
+    legacy = tmp_path / f".{key}.x1y2z3"  # earlier versions' tempfile.mkdtemp folder
+    legacy.mkdir()
+    past = time.time() - 7200
+    os.utime(legacy, (past, past))
+    other = tmp_path / f"{TMP_PREFIX}someone-else.1.ab"  # no lock held, another key: dead too
+    other.mkdir()
+    old = os.umask(0o022)
+    try:
+        root = synthetic.ensure_default(tmp_path, n_train=1, n_eval=1, progress=False)
+    finally:
+        os.umask(old)
+    assert not dead.exists() and not legacy.exists() and not other.exists()
+    if os.name == "posix":
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+_GENERATE = (
+    "import sys\n"
+    "from bench.data import synthetic\n"
+    "print(synthetic.ensure_default(sys.argv[1], n_train=3, n_eval=2, progress=False))\n"
+)
+
+
+def test_concurrent_runs_generate_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", _GENERATE, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(outs) == 1
+    root = Path(outs.pop())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name, f"{root.name}.lock"]
+    assert len(list((root / "train").iterdir())) == 3
 
 
 def test_ensure_default_explicit_cache_dir(tmp_path):
