@@ -129,34 +129,66 @@ def _mean_interpolated_precision(tp: np.ndarray, fp: np.ndarray, n_gt: np.ndarra
 
 
 def match_table(coco_eval, max_det: int = 100, area: str = "all") -> MatchTable:
-    """The MatchTable of a pycocotools COCOeval after evaluate() (accumulate not needed).
+    """The MatchTable of an evaluator after evaluate() (accumulate not needed).
 
-    Reads coco_eval.params (imgIds, catIds, areaRngLbl, maxDets, iouThrs, recThrs, useCats=1)
-    and coco_eval.evalImgs: the list COCOeval.evaluate() builds, in [category][area][image]
-    order, each entry None or a dict with dtScores, dtMatches, dtIgnore, gtIgnore. Any
-    evaluator that produces that list (with the same params) can be used.
+    coco_eval: a pycocotools COCOeval, or faster-coco-eval's COCOeval_faster made with
+    separate_eval=True (its per-image results are read from _evalImgs_cpp, a private
+    attribute: tests/eval/test_bootstrap.py checks it on the installed version). Reads
+    params (imgIds, catIds, areaRngLbl, maxDets, iouThrs, recThrs; useCats=1) and the
+    per-image results in [category][area][image] order, each None or a dict with dtScores,
+    dtMatches, dtIgnore, gtIgnore, as COCOeval.evaluate() leaves them in evalImgs.
     """
     p = coco_eval.params
-    if not getattr(coco_eval, "evalImgs", None):
-        raise InputDataError("COCOeval has no evalImgs: call evaluate() before the bootstrap")
+    eval_imgs = _eval_imgs(coco_eval)
     if max_det not in list(p.maxDets):
         raise InputDataError(f"max_det {max_det}: the evaluation's maxDets are {list(p.maxDets)}")
     if area not in p.areaRngLbl:
         raise InputDataError(f"area {area!r}: the evaluation's areas are {p.areaRngLbl}")
     n_img, n_area = len(p.imgIds), len(p.areaRng)
+    if len(eval_imgs) != len(p.catIds) * n_area * n_img:
+        raise InputDataError(
+            f"{len(eval_imgs)} per-image results; expected categories x areas x images ="
+            f" {len(p.catIds)} x {n_area} x {n_img} (params changed after evaluate()?)"
+        )
     a = list(p.areaRngLbl).index(area)
     gt_count = np.zeros((n_img, len(p.catIds)))
     segments: list[Segment] = []
     per_cat = []
     for k in range(len(p.catIds)):
         start = k * n_area * n_img + a * n_img
-        entries = coco_eval.evalImgs[start : start + n_img]
+        entries = eval_imgs[start : start + n_img]
         per_cat.append(_category_points(entries, max_det, gt_count[:, k], len(p.iouThrs)))
     for t in range(len(p.iouThrs)):
         for k, (img, tp_flags, fp_flags) in enumerate(per_cat):
             segments.append(_segment(k, img, tp_flags[t], fp_flags[t], n_img))
     return MatchTable(tuple(int(i) for i in p.imgIds), tuple(int(c) for c in p.catIds),
                       gt_count, tuple(segments), np.asarray(p.recThrs, dtype=np.float64))
+
+
+def _eval_imgs(coco_eval) -> list:
+    if getattr(coco_eval, "evalImgs", None):
+        return list(coco_eval.evalImgs)
+    cpp = getattr(coco_eval, "_evalImgs_cpp", None)
+    if cpp is not None:
+        return [_from_cpp(e, len(coco_eval.params.iouThrs)) for e in cpp]
+    if hasattr(coco_eval, "separate_eval"):
+        raise InputDataError("faster-coco-eval keeps no per-image results unless made with"
+                             " separate_eval=True: the bootstrap needs them")
+    raise InputDataError("the evaluator has no per-image results: call evaluate() first")
+
+
+def _from_cpp(entry, n_iou: int) -> dict:
+    """faster-coco-eval's ImageEvaluation (pickled state: detection matches [T x D], ground
+    truth matches, detection scores, ground truth ignores, detection ignores [T x D]) as a
+    pycocotools evalImgs entry."""
+    dt_matches, _gt_matches, dt_scores, gt_ignore, dt_ignore = entry.__getstate__()[:5]
+    n_dt = len(dt_scores)
+    return {
+        "dtScores": np.asarray(dt_scores, dtype=np.float64),
+        "dtMatches": np.asarray(dt_matches, dtype=np.float64).reshape(n_iou, n_dt),
+        "dtIgnore": np.asarray(dt_ignore, dtype=bool).reshape(n_iou, n_dt),
+        "gtIgnore": np.asarray(gt_ignore, dtype=bool),
+    }
 
 
 def _category_points(entries: Sequence[dict | None], max_det: int, gt_out: np.ndarray,
@@ -196,6 +228,41 @@ def _segment(category: int, img: np.ndarray, tps: np.ndarray, fps: np.ndarray,
     bucket = keys // n_img
     fp_before = np.searchsorted(bucket, np.arange(len(tp_pos)), side="right")
     return Segment(category, img[tp_pos], keys % n_img, mult.astype(np.float64), fp_before)
+
+
+def evaluate_for_bootstrap(coco_gt, results, image_ids: Sequence[int] | None = None,
+                           ) -> MatchTable:
+    """Run only the per-image matching of COCOeval on results and return its MatchTable.
+
+    coco_gt: a pycocotools COCO (then pycocotools' COCOeval runs) or a faster_coco_eval COCO
+    (then COCOeval_faster with separate_eval=True). results: COCO result entries or a
+    results array (bench.eval.coco_eval.RESULT_COLUMNS). image_ids: the evaluated images
+    (default: all), as bench.eval.coco_eval.evaluate takes them.
+    """
+    import contextlib
+    import io
+
+    from bench.eval.coco_eval import array_to_dicts
+
+    given = (array_to_dicts(results) if isinstance(results, np.ndarray)
+             else [dict(r) for r in results])
+    if not given:
+        raise InputDataError("no detections: the bootstrap needs at least one result entry")
+    if type(coco_gt).__module__.startswith("faster_coco_eval"):
+        from faster_coco_eval import COCOeval_faster
+
+        ev = COCOeval_faster(coco_gt, coco_gt.loadRes(given), "bbox", separate_eval=True,
+                             print_function=lambda *a: None)
+    else:
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(coco_gt, coco_gt.loadRes(given), "bbox")
+    if image_ids is not None:
+        ev.params.imgIds = sorted(int(i) for i in image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+    return match_table(ev)
 
 
 def _table(evaluation) -> MatchTable:

@@ -10,7 +10,12 @@ from pycocotools.cocoeval import COCOeval
 from bench.data import synthetic
 from bench.data.coco import CocoDataset
 from bench.errors import InputDataError
-from bench.eval.bootstrap import delta_map_ci, match_table, resample_weights
+from bench.eval.bootstrap import (
+    delta_map_ci,
+    evaluate_for_bootstrap,
+    match_table,
+    resample_weights,
+)
 
 
 def _gt_dataset(rng: np.random.Generator, n_images: int, n_cats: int = 4) -> dict:
@@ -170,3 +175,38 @@ def test_cost_of_200_resamples_on_250_images():
     elapsed = time.perf_counter() - start
     print(f"delta_map_ci 250 images x 2 variants x 200 resamples: {elapsed:.2f} s")
     assert elapsed < 10.0  # ~1 s on an idle core; generous for a shared machine
+
+
+def test_faster_coco_eval_per_image_results_give_the_same_table(generated):
+    fce = pytest.importorskip("faster_coco_eval")
+    gt, dets, _ = generated
+    fgt = fce.COCO()
+    fgt.dataset = gt.dataset
+    fgt.createIndex()
+    ev = fce.COCOeval_faster(fgt, fgt.loadRes([dict(d) for d in dets]), "bbox",
+                             separate_eval=True, print_function=lambda *a: None)
+    ev.evaluate()
+    reference = _evaluated(gt, dets, summarize=True)
+    weights = resample_weights(60, 20, 1)
+    assert match_table(ev).ap()[0] == pytest.approx(reference.stats[0], abs=1e-9)
+    np.testing.assert_allclose(match_table(ev).ap(weights), match_table(reference).ap(weights),
+                               atol=1e-12)
+    plain = fce.COCOeval_faster(fgt, fgt.loadRes([dict(d) for d in dets]), "bbox",
+                                print_function=lambda *a: None)
+    plain.evaluate()
+    with pytest.raises(InputDataError, match="separate_eval=True"):
+        match_table(plain)
+
+
+def test_evaluate_for_bootstrap_on_either_evaluator(generated):
+    gt, dets, _ = generated
+    reference = _evaluated(gt, dets, img_ids=range(1, 41), summarize=True).stats[0]
+    table = evaluate_for_bootstrap(gt, dets, image_ids=range(1, 41))
+    assert table.image_ids == tuple(range(1, 41))
+    assert table.ap()[0] == pytest.approx(reference, abs=1e-9)
+    fce = pytest.importorskip("faster_coco_eval")
+    fgt = fce.COCO()
+    fgt.dataset = gt.dataset
+    fgt.createIndex()
+    fast = evaluate_for_bootstrap(fgt, dets, image_ids=range(1, 41))
+    assert fast.ap()[0] == pytest.approx(reference, abs=1e-9)
