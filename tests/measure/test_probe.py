@@ -1,0 +1,45 @@
+import time
+
+import numpy as np
+import onnx
+
+from bench.engines.ort import OrtEngine
+from bench.measure import probe
+
+
+def test_probe_bytes_are_deterministic_and_named_by_their_hash(tmp_path):
+    first = probe.probe_model_path(tmp_path / "a")
+    second = probe.probe_model_path(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes() == probe.probe_bytes()
+    assert probe.probe_sha256()[:12] in first.name and f"v{probe.PROBE_VERSION}" in first.name
+    # a fresh build, not the cached one, gives the same bytes
+    assert probe._network_bytes() == probe.probe_bytes()
+    assert probe.probe_identity() == {"version": probe.PROBE_VERSION,
+                                      "sha256": probe.probe_sha256()}
+
+
+def test_probe_file_with_wrong_content_is_replaced(tmp_path):
+    path = probe.probe_model_path(tmp_path)
+    path.write_bytes(b"truncated")
+    assert probe.probe_model_path(tmp_path) == path
+    assert path.read_bytes() == probe.probe_bytes()
+    onnx.checker.check_model(onnx.load(path))
+
+
+def test_probe_runs_on_the_ort_engine_in_a_few_milliseconds(tmp_path):
+    batch = probe.probe_batch()
+    assert batch.shape == probe.INPUT_SHAPE and batch.dtype == np.float32
+    assert np.array_equal(batch, probe.probe_batch())
+    with OrtEngine(probe.probe_model_path(tmp_path), threads=1) as engine:
+        out = engine.infer(batch)[probe.OUTPUT_NAME]
+        assert out.shape == (1, 64, 1, 1) and np.all(np.isfinite(out)) and out.max() > 0
+        assert np.array_equal(out, engine.infer(batch)[probe.OUTPUT_NAME])
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            engine.infer(batch)
+            times.append(time.perf_counter() - start)
+    best = min(times)
+    print(f"probe on ORT, 1 thread: best {best * 1e3:.2f} ms, median"
+          f" {np.median(times) * 1e3:.2f} ms")
+    assert 0.2e-3 < best < 20e-3
