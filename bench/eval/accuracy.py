@@ -58,7 +58,9 @@ class AccuracyResult:
     decode_seconds the time spent decoding outputs (decode + NMS + results array), summed
     over the threads that decode (with one stream it overlaps inference); input_wait_seconds
     the time the streams sat idle waiting for a prepared batch (near 0 when prefetching
-    keeps up). evaluator: which COCOeval scored it ("faster" or "pycocotools").
+    keeps up). evaluator: which COCOeval scored it ("faster" or "pycocotools");
+    n_detections: the detections it scored; write_seconds: the part of eval_seconds
+    spent writing the results JSON (0 without results_path).
     """
 
     metrics: Mapping[str, float]
@@ -72,6 +74,8 @@ class AccuracyResult:
     streams: int = 1
     decode_seconds: float = 0.0
     evaluator: str = DEFAULT_EVALUATOR
+    n_detections: int = 0
+    write_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if set(self.metrics) != set(METRIC_KEYS):
@@ -85,12 +89,14 @@ class AccuracyResult:
 
     @property
     def phase_seconds(self) -> Mapping[str, float]:
-        """Where the pass's time went: inference, decode and evaluation seconds (the first
-        two summed over threads, so they may overlap each other), and the wall time."""
+        """Where the pass's time went: inference, decode and evaluation (COCOeval) seconds
+        (the first two summed over threads, so they may overlap each other), writing the
+        results JSON, and the wall time."""
         return MappingProxyType({
             "inference": self.infer_seconds,
             "decode": self.decode_seconds,
-            "evaluation": self.eval_seconds,
+            "evaluation": self.eval_seconds - self.write_seconds,
+            "write": self.write_seconds,
             "input_wait": self.input_wait_seconds,
             "total": self.seconds,
         })
@@ -267,8 +273,7 @@ def run_accuracy(
     streamed = time.perf_counter() - start
     results = np.concatenate([np.zeros((0, 7)), *feed.results])
     feed.per_chunk.clear()  # the per-image arrays are copied into results: let them go
-    metrics = evaluate(dataset.coco, results, ids, evaluator=evaluator)
-    path = write_results(results_path, results) if results_path is not None else None
+    metrics, path, write_s = _score(dataset, results, ids, evaluator, results_path)
     total = time.perf_counter() - start
     return AccuracyResult(
         metrics=metrics,
@@ -282,7 +287,20 @@ def run_accuracy(
         streams=len(infers),
         decode_seconds=clock.decode,
         evaluator=evaluator,
+        n_detections=len(results),
+        write_seconds=write_s,
     )
+
+
+def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator: str,
+           results_path: Path | None) -> tuple[dict[str, float], Path | None, float]:
+    """COCOeval's metrics, the results JSON written (or None) and the seconds writing took."""
+    metrics = evaluate(dataset.coco, results, ids, evaluator=evaluator)
+    if results_path is None:
+        return metrics, None, 0.0
+    t0 = time.perf_counter()
+    path = write_results(results_path, results)
+    return metrics, path, time.perf_counter() - t0
 
 
 @dataclass

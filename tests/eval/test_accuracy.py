@@ -237,7 +237,9 @@ def test_metrics_are_read_only_and_phases_are_recorded(val):
     given["map"] = -1.0  # the record keeps its own copy
     assert again.metrics["map"] == pytest.approx(1.0)
     phases = res.phase_seconds
-    assert set(phases) == {"inference", "decode", "evaluation", "input_wait", "total"}
+    assert set(phases) == {"inference", "decode", "evaluation", "write", "input_wait", "total"}
+    assert phases["write"] == 0.0  # no results_path
+    assert res.n_detections == sum(len(val.coco.imgToAnns[i]) for i in val.image_ids)
     assert phases["decode"] > 0 and phases["evaluation"] > 0 and phases["inference"] > 0
     assert phases["decode"] + phases["evaluation"] <= res.seconds + phases["inference"]
     assert res.evaluator == "faster"
@@ -267,3 +269,10 @@ def test_progress_bar_shows_rate_and_time_left(val, capsys):
     assert "acc-test" in err
     # e.g. "acc-test:  50%|#####     | 3/6 [00:00<00:00,  6.4img/s]": done/total, elapsed<left, rate
     assert re.search(r"\d/6 \[\d\d:\d\d<\d\d:\d\d, +\d+(\.\d+)?img/s\]", err), err
+
+
+def test_writing_the_results_is_timed_apart(val, tmp_path):
+    res = run_accuracy(Oracle(val), val, imgsz=IMGSZ, progress=False,
+                       results_path=tmp_path / "p.json")
+    assert 0 < res.write_seconds <= res.eval_seconds
+    assert res.phase_seconds["evaluation"] == pytest.approx(res.eval_seconds - res.write_seconds)
