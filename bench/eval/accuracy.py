@@ -14,17 +14,25 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import Letterbox, letterbox_rgb, to_chw_float
 from bench.errors import ConfigError, InputDataError
-from bench.eval.coco_eval import METRIC_KEYS, evaluate, to_coco_array, write_results
+from bench.eval.coco_eval import (
+    DEFAULT_EVALUATOR,
+    METRIC_KEYS,
+    check_evaluator,
+    evaluate,
+    to_coco_array,
+    write_results,
+)
 from bench.eval.decode import (
     DEFAULT_CONF,
     DEFAULT_MAX_DET,
@@ -43,14 +51,19 @@ _POST_AHEAD = 4  # batches of outputs waiting for decoding, at most
 class AccuracyResult:
     """Metrics and timing of one accuracy pass.
 
-    seconds covers the whole pass, COCOeval included; images_per_s is n_images over the
-    streaming part only (load, infer, decode + NMS), eval_seconds the rest (COCOeval and
-    writing the results); infer_seconds is the time spent inside infer(), summed over the
-    streams; input_wait_seconds the time the streams sat idle waiting for a prepared
-    batch (near 0 when prefetching keeps up).
+    metrics: the twelve COCO figures (METRIC_KEYS), read-only. seconds covers the whole
+    pass, COCOeval included; images_per_s is n_images over the streaming part only
+    (load, infer, decode + NMS), eval_seconds the rest (COCOeval and writing the
+    results); infer_seconds is the time spent inside infer(), summed over the streams;
+    decode_seconds the time spent decoding outputs (decode + NMS + results array), summed
+    over the threads that decode (with one stream it overlaps inference); input_wait_seconds
+    the time the streams sat idle waiting for a prepared batch (near 0 when prefetching
+    keeps up). evaluator: which COCOeval scored it ("faster" or "pycocotools");
+    n_detections: the detections it scored; write_seconds: the part of eval_seconds
+    spent writing the results JSON (0 without results_path).
     """
 
-    metrics: dict[str, float]
+    metrics: Mapping[str, float]
     n_images: int
     seconds: float
     images_per_s: float
@@ -59,14 +72,34 @@ class AccuracyResult:
     input_wait_seconds: float = 0.0
     results_path: Path | None = None
     streams: int = 1
+    decode_seconds: float = 0.0
+    evaluator: str = DEFAULT_EVALUATOR
+    n_detections: int = 0
+    write_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if set(self.metrics) != set(METRIC_KEYS):
             raise ValueError(f"metrics keys {sorted(self.metrics)} differ from {list(METRIC_KEYS)}")
-        if self.n_images < 1 or min(self.seconds, self.images_per_s, self.infer_seconds) < 0:
+        timings = (self.seconds, self.images_per_s, self.infer_seconds, self.decode_seconds)
+        if self.n_images < 1 or min(timings) < 0:
             raise ValueError(
                 f"implausible accuracy timing: {self.n_images} images, {self.seconds} s"
             )
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    @property
+    def phase_seconds(self) -> Mapping[str, float]:
+        """Where the pass's time went: inference, decode and evaluation (COCOeval) seconds
+        (the first two summed over threads, so they may overlap each other), writing the
+        results JSON, and the wall time."""
+        return MappingProxyType({
+            "inference": self.infer_seconds,
+            "decode": self.decode_seconds,
+            "evaluation": self.eval_seconds - self.write_seconds,
+            "write": self.write_seconds,
+            "input_wait": self.input_wait_seconds,
+            "total": self.seconds,
+        })
 
 
 @dataclass(frozen=True)
@@ -203,6 +236,7 @@ def run_accuracy(
     results_path: Path | None = None,
     cache: LetterboxCache | None = None,
     label: str = "accuracy",
+    evaluator: str = DEFAULT_EVALUATOR,
 ) -> AccuracyResult:
     """Run the model over the evaluation images and score it with COCOeval.
 
@@ -210,10 +244,13 @@ def run_accuracy(
     thread feeds each). fixed_batch: the model's batch size when it cannot vary; the last
     batch is padded to it and the padding's outputs dropped. results_path: also write the
     COCO results JSON. cache: share one LetterboxCache between the passes of a session
-    (same dataset).
+    (same dataset). evaluator: "faster" (faster-coco-eval, the default) or "pycocotools"
+    (the reference), checked before any inference runs. progress: a bar with images/s
+    and the time left.
     """
     from tqdm import tqdm
 
+    check_evaluator(evaluator)
     size = _check_batching(batch, fixed_batch)
     ids = select_ids(dataset, eval_count)
     chunks = _chunks(ids, size)
@@ -224,6 +261,7 @@ def run_accuracy(
         raise ConfigError("run_accuracy needs at least one infer callable, got none")
     workers = workers or min(4, os.cpu_count() or 1)
     start = time.perf_counter()
+    # With total set, tqdm's bar shows the rate (img/s) and the time left.
     bar = tqdm(total=len(ids), desc=label, unit="img", disable=not progress, leave=False)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
     try:
@@ -234,8 +272,8 @@ def run_accuracy(
         bar.close()
     streamed = time.perf_counter() - start
     results = np.concatenate([np.zeros((0, 7)), *feed.results])
-    metrics = evaluate(dataset.coco, results, ids)
-    path = write_results(results_path, results) if results_path is not None else None
+    feed.per_chunk.clear()  # the per-image arrays are copied into results: let them go
+    metrics, path, write_s = _score(dataset, results, ids, evaluator, results_path)
     total = time.perf_counter() - start
     return AccuracyResult(
         metrics=metrics,
@@ -247,13 +285,29 @@ def run_accuracy(
         input_wait_seconds=clock.wait,
         results_path=path,
         streams=len(infers),
+        decode_seconds=clock.decode,
+        evaluator=evaluator,
+        n_detections=len(results),
+        write_seconds=write_s,
     )
+
+
+def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator: str,
+           results_path: Path | None) -> tuple[dict[str, float], Path | None, float]:
+    """COCOeval's metrics, the results JSON written (or None) and the seconds writing took."""
+    metrics = evaluate(dataset.coco, results, ids, evaluator=evaluator)
+    if results_path is None:
+        return metrics, None, 0.0
+    t0 = time.perf_counter()
+    path = write_results(results_path, results)
+    return metrics, path, time.perf_counter() - t0
 
 
 @dataclass
 class _Clock:
     infer: float = 0.0
     wait: float = 0.0
+    decode: float = 0.0
 
 
 class _Feed:
@@ -332,9 +386,9 @@ class _Feed:
                 chunk = self.chunks[index]
                 args = (outputs, self.layout, arr.shape[0], chunk, boxes, self.s)
                 if self.inline:
-                    self._store(index, _postprocess(*args))
+                    self._store(index, self._decode(*args))
                     continue
-                post.append((index, self.pool.submit(_postprocess, *args)))
+                post.append((index, self.pool.submit(self._decode, *args)))
                 while len(post) > _POST_AHEAD:  # bounds the outputs held in memory
                     self._collect(*post.popleft())
             while post:
@@ -342,6 +396,14 @@ class _Feed:
         finally:
             for _, future in post:
                 future.cancel()
+
+    def _decode(self, *args) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        results = _postprocess(*args)
+        spent = time.perf_counter() - t0
+        with self.lock:
+            self.clock.decode += spent
+        return results
 
     def _collect(self, index: int, future) -> None:
         self._store(index, future.result())

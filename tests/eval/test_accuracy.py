@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -222,3 +223,56 @@ def test_a_failing_stream_fails_the_pass_with_its_error(val):
         run_accuracy([slow, broken], val, imgsz=IMGSZ, progress=False)
     with pytest.raises(ConfigError, match="at least one infer"):
         run_accuracy([], val, imgsz=IMGSZ, progress=False)
+
+
+def test_metrics_are_read_only_and_phases_are_recorded(val):
+    oracle = Oracle(val)
+    res = run_accuracy(oracle, val, imgsz=IMGSZ, batch=2, progress=False)
+    assert len(res.metrics) == 12 and res.metrics["ar_large"] == pytest.approx(1.0)
+    with pytest.raises(TypeError):
+        res.metrics["map"] = 0.0  # type: ignore[index]
+    given = dict(res.metrics)
+    again = AccuracyResult(metrics=given, n_images=6, seconds=1.0, images_per_s=6.0,
+                           infer_seconds=0.5)
+    given["map"] = -1.0  # the record keeps its own copy
+    assert again.metrics["map"] == pytest.approx(1.0)
+    phases = res.phase_seconds
+    assert set(phases) == {"inference", "decode", "evaluation", "write", "input_wait", "total"}
+    assert phases["write"] == 0.0  # no results_path
+    assert res.n_detections == sum(len(val.coco.imgToAnns[i]) for i in val.image_ids)
+    assert phases["decode"] > 0 and phases["evaluation"] > 0 and phases["inference"] > 0
+    assert phases["decode"] + phases["evaluation"] <= res.seconds + phases["inference"]
+    assert res.evaluator == "faster"
+
+
+def test_evaluator_is_passed_through_and_checked_before_inference(val):
+    oracle = Oracle(val)
+    faster = run_accuracy(oracle, val, imgsz=IMGSZ, progress=False, evaluator="faster")
+    reference = run_accuracy(oracle, val, imgsz=IMGSZ, progress=False, evaluator="pycocotools")
+    assert reference.evaluator == "pycocotools"
+    assert dict(reference.metrics) == pytest.approx(dict(faster.metrics), rel=1e-12, nan_ok=True)
+    calls = len(oracle.shapes)
+    with pytest.raises(ConfigError, match="evaluator = 'nope'"):
+        run_accuracy(oracle, val, imgsz=IMGSZ, progress=False, evaluator="nope")
+    assert len(oracle.shapes) == calls  # failed at once, not after the whole pass
+
+
+def test_progress_bar_shows_rate_and_time_left(val, capsys):
+    oracle = Oracle(val)
+
+    def slow(x):  # slower than tqdm's refresh interval, so the bar redraws mid-pass
+        time.sleep(0.15)
+        return oracle(x)
+
+    run_accuracy(slow, val, imgsz=IMGSZ, progress=True, label="acc-test")
+    err = capsys.readouterr().err
+    assert "acc-test" in err
+    # e.g. "acc-test:  50%|#####     | 3/6 [00:00<00:00,  6.4img/s]": done/total, elapsed<left, rate
+    assert re.search(r"\d/6 \[\d\d:\d\d<\d\d:\d\d, +\d+(\.\d+)?img/s\]", err), err
+
+
+def test_writing_the_results_is_timed_apart(val, tmp_path):
+    res = run_accuracy(Oracle(val), val, imgsz=IMGSZ, progress=False,
+                       results_path=tmp_path / "p.json")
+    assert 0 < res.write_seconds <= res.eval_seconds
+    assert res.phase_seconds["evaluation"] == pytest.approx(res.eval_seconds - res.write_seconds)

@@ -2,6 +2,7 @@ import contextlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,27 @@ from pycocotools.coco import COCO
 from bench.data import synthetic
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import Letterbox, plan
+from bench.errors import ConfigError, InputDataError
 from bench.eval.coco_eval import (
+    EVALUATORS,
     METRIC_KEYS,
+    check_evaluator,
     evaluate,
     to_coco_array,
     to_coco_results,
     write_results,
 )
 from bench.eval.decode import Detections
+
+DATA = Path(__file__).parent / "data"
+# pycocotools' demo (PythonAPI/pycocoEvalDemo.ipynb, results/val2014_fake_eval_res.txt):
+# its fake bbox results on the first 100 images of instances_val2014, all twelve figures.
+PUBLISHED = {
+    "map": 0.505, "map50": 0.697, "map75": 0.573,
+    "map_small": 0.586, "map_medium": 0.519, "map_large": 0.501,
+    "ar1": 0.387, "ar10": 0.594, "ar100": 0.595,
+    "ar_small": 0.640, "ar_medium": 0.566, "ar_large": 0.564,
+}
 
 
 def _identity(h: int, w: int) -> Letterbox:
@@ -157,3 +171,64 @@ def test_results_array_scores_and_writes_as_the_entries_do(tmp_path):
     b = write_results(tmp_path / "b.json", entries)
     assert a.read_text() == b.read_text()
     assert evaluate(gt, np.zeros((0, 7))) == dict.fromkeys(METRIC_KEYS, 0.0)
+
+
+def reference_case() -> tuple[COCO, np.ndarray]:
+    """pycocotools' own reference: its 100-image val2014 subset and fake bbox results."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(DATA / "instances_val2014_100_bbox.json"))
+    entries = json.loads((DATA / "instances_val2014_fakebbox100_results.json").read_text())
+    rows = [[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in entries]
+    return gt, np.array(rows, dtype=np.float64)
+
+
+def test_metric_keys_are_cocoeval_s_twelve_figures():
+    assert len(METRIC_KEYS) == 12 and len(set(METRIC_KEYS)) == 12
+    assert METRIC_KEYS[:6] == ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+    assert METRIC_KEYS[6:] == ("ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS)
+def test_reproduces_pycocotools_published_figures(evaluator):
+    gt, results = reference_case()
+    assert len(gt.imgs) == 100 and results.shape == (734, 7)
+    assert sum(a["iscrowd"] for a in gt.anns.values()) == 9  # crowd regions included
+    metrics = evaluate(gt, results, sorted(gt.getImgIds())[:100], evaluator=evaluator)
+    assert {k: round(v, 3) for k, v in metrics.items()} == PUBLISHED
+
+
+def test_unknown_evaluator_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="evaluator = 'cocoapi', expected one of faster, pyco"):
+        evaluate(_one_image_gt(tmp_path), [], evaluator="cocoapi")
+    assert check_evaluator("pycocotools") == "pycocotools"
+
+
+def test_missing_faster_coco_eval_names_the_package_and_the_option(tmp_path, monkeypatch):
+    # A None entry in sys.modules makes `import faster_coco_eval` raise ImportError, as
+    # on a machine without the package.
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)
+    det = Detections.make([[10, 10, 60, 60]], [0.9], [0])
+    array = to_coco_array(7, det, _identity(200, 300), [5, 9])
+    with pytest.raises(ConfigError, match="faster-coco-eval.*evaluator = 'pycocotools'"):
+        evaluate(_one_image_gt(tmp_path), array)
+    # The reference still runs without it: no silent switch, an explicit choice.
+    m = evaluate(_one_image_gt(tmp_path), array, evaluator="pycocotools")
+    assert m["map50"] == pytest.approx(51 / 101)  # one of two objects found
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS)
+def test_bad_results_arrays_are_named(tmp_path, evaluator):
+    gt = _one_image_gt(tmp_path)
+    with pytest.raises(InputDataError, match=r"shape \(2, 6\), expected \[n, 7\]"):
+        evaluate(gt, np.zeros((2, 6)), evaluator=evaluator)
+    stray = np.array([[8, 10, 10, 50, 50, 0.9, 5]], dtype=np.float64)
+    with pytest.raises(InputDataError, match=r"1 image id\(s\) not in the ground truth.*\[8\]"):
+        evaluate(gt, stray, evaluator=evaluator)
+
+
+def test_write_results_leaves_no_temporary_and_keeps_the_old_file_on_error(tmp_path):
+    path = write_results(tmp_path / "p.json", np.array([[7, 1, 2, 3, 4, 0.5, 5]], float))
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        write_results(path, [{"image_id": 7, "bbox": object()}])
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["p.json"]

@@ -1,0 +1,274 @@
+"""Does the accuracy pass scale to COCO val2017 (5000 images, 300 detections an image)?
+
+    python scripts/bench_eval_scale.py [--images 5000] [--batch 8] [--threads 2]
+
+The embedded default's evaluation set (250 generated images) is replicated to --images
+images (new ids, the same image files). Two measurements, in one process:
+
+1. The accuracy pass with the embedded default model on ONNX Runtime (CPU, --threads
+   threads): load + letterbox + infer + decode + NMS (the ONNX Runtime decode path of
+   bench.eval.decode_ort) + COCOeval with faster-coco-eval, timed per phase; the engine
+   alone (session.run over the same letterboxed batches, nothing else) is timed just
+   before, so the overhead is pass - engine. Then the pass's own detections are scored
+   again by each evaluator in turn.
+2. COCOeval at val2017's shape: the replicated ground truth topped up to val2017's
+   36,781 annotations, 300 detections an image jittered from it (1.5 M at 5000 images),
+   scored by each evaluator.
+
+Peak memory is the resident set's high-water mark above the level before the step,
+sampled every 20 ms. Targets (issue 15): evaluation overhead (everything but the
+engine's own time) <= 25 % of the pass; memory bounded apart from the detections
+themselves (bytes per detection about the same at any image count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import synthetic
+from bench.data.coco import CocoDataset
+from bench.data.letterbox import letterbox
+from bench.eval.accuracy import run_accuracy
+from bench.eval.coco_eval import EVALUATORS, evaluate
+from bench.models.default import default_model_path, load_manifest
+
+VAL2017_IMAGES = 5000
+VAL2017_ANNOTATIONS = 36781
+TARGET_OVERHEAD = 0.25
+
+
+class PeakRss:
+    """The process's resident set high-water mark above its level at start, sampled."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = _rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, _rss())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def replicated(source: CocoDataset, images: int, folder: Path) -> CocoDataset:
+    """source's images and annotations repeated (new ids) up to `images` images."""
+    data = source.coco.dataset
+    base_images, base_anns = data["images"], data["annotations"]
+    by_image: dict[int, list[dict]] = {}
+    for ann in base_anns:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out_images, out_anns = [], []
+    for k in range(images):
+        img = base_images[k % len(base_images)]
+        new_id = k + 1
+        out_images.append({**img, "id": new_id})
+        for ann in by_image.get(img["id"], []):
+            out_anns.append({**ann, "id": len(out_anns) + 1, "image_id": new_id})
+    path = folder / "annotations" / "instances_val.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {**data, "images": out_images, "annotations": out_anns}
+    path.write_text(json.dumps(body))
+    return CocoDataset.open(path, images_dir=source.images_dir)
+
+
+def topped_up(ds: CocoDataset, total: int, rng: np.random.Generator) -> dict:
+    """ds's ground truth with annotations borrowed from other images (boxes clipped) until
+    it holds `total`: val2017's objects-per-image."""
+    data = json.loads(json.dumps(ds.coco.dataset))
+    images, anns = data["images"], data["annotations"]
+    extra = max(0, total - len(anns))
+    picks = rng.integers(0, len(anns), extra)
+    targets = rng.integers(0, len(images), extra)
+    for a, t in zip(picks.tolist(), targets.tolist(), strict=True):
+        img = images[t]
+        x, y, w, h = anns[a]["bbox"]
+        w, h = min(w, img["width"] - 1.0), min(h, img["height"] - 1.0)
+        x, y = min(x, img["width"] - w), min(y, img["height"] - h)
+        anns.append({**anns[a], "id": len(anns) + 1, "image_id": img["id"],
+                     "bbox": [x, y, w, h], "area": w * h})
+    return data
+
+
+def jittered_detections(data: dict, per_image: int, rng: np.random.Generator) -> np.ndarray:
+    """per_image detections an image: noisy copies of its ground truth (most with the right
+    category), scores uniform, as a detector at conf 0.001 gives."""
+    by_image: dict[int, list[list[float]]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append([*ann["bbox"], ann["category_id"]])
+    cats = np.array(sorted(c["id"] for c in data["categories"]), dtype=np.float64)
+    blocks = []
+    for img in data["images"]:
+        gt = np.array(by_image.get(img["id"], [[0, 0, img["width"], img["height"], cats[0]]]))
+        src = gt[rng.integers(0, len(gt), per_image)]
+        det = np.empty((per_image, 7))
+        det[:, 0] = img["id"]
+        det[:, 1:5] = src[:, :4] * (1 + rng.normal(0, 0.15, (per_image, 4)))
+        det[:, 3:5] = np.abs(det[:, 3:5]) + 1
+        det[:, 5] = rng.uniform(0.001, 1, per_image).round(5)
+        wrong = rng.uniform(size=per_image) < 0.3
+        det[:, 6] = np.where(wrong, rng.choice(cats, per_image), src[:, 4])
+        blocks.append(det)
+    out = np.concatenate(blocks)
+    out[:, 1:5] = out[:, 1:5].round(3)
+    return out
+
+
+def ort_infer(threads: int) -> tuple[Callable, int]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(default_model_path()), opts,
+                                providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inp = sess.get_inputs()[0].name
+
+    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(None, {inp: x}), strict=True))
+
+    return infer, load_manifest()["model"]["imgsz"]
+
+
+def engine_alone(infer: Callable, ds: CocoDataset, imgsz: int, batch: int, images: int) -> float:
+    """Seconds of infer alone over `images` images: the source's distinct images are
+    letterboxed once, staged in batches, and cycled."""
+    distinct = min(len(ds), images)
+    chw = np.stack([letterbox(ds.load_rgb(i), imgsz)[0] for i in ds.image_ids[:distinct]])
+    batches = [chw[i : i + batch] for i in range(0, distinct, batch)]
+    done, spent, k = 0, 0.0, 0
+    while done < images:
+        x = batches[k % len(batches)][: images - done]
+        t0 = time.perf_counter()
+        infer(x)
+        spent += time.perf_counter() - t0
+        done += len(x)
+        k += 1
+    return spent
+
+
+def timed_eval(coco, results: np.ndarray, evaluator: str) -> tuple[dict, float, float]:
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        metrics = evaluate(coco, results, evaluator=evaluator)
+        seconds = time.perf_counter() - t0
+    return metrics, seconds, mem.extra_mb
+
+
+def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
+    ds = replicated(source, args.images, work / "replicated")
+    infer, imgsz = ort_infer(args.threads)
+    print(f"evaluation set: {len(ds)} images ({len(source)} distinct),"
+          f" {len(ds.coco.anns)} annotations; model: embedded default at {imgsz} px,"
+          f" ONNX Runtime CPU, {args.threads} threads, batch {args.batch}")
+    engine = engine_alone(infer, source, imgsz, args.batch, args.images)
+    out = work / "pred.json"
+    with PeakRss() as mem:
+        res = run_accuracy(infer, ds, imgsz=imgsz, batch=args.batch, progress=args.progress,
+                           results_path=out, evaluator="faster")
+    entries = json.loads(out.read_text())
+    n_det = len(entries)
+    results = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]]
+                        for r in entries], dtype=np.float64)
+    del entries
+    overhead = res.seconds - engine
+    print(f"\n1. accuracy pass, {len(ds)} images, {n_det} detections"
+          f" ({n_det / len(ds):.0f} an image)")
+    print(f"   engine alone            {engine:8.1f} s  ({1000 * engine / len(ds):.1f} ms/img)")
+    print(f"   pass, wall              {res.seconds:8.1f} s  (faster-coco-eval)")
+    print(f"     inside infer          {res.infer_seconds:8.1f} s")
+    print(f"     decode + NMS (threads){res.decode_seconds:8.1f} s"
+          f"  ({1000 * res.decode_seconds / len(ds):.2f} ms/img)")
+    print(f"     evaluation + JSON     {res.eval_seconds:8.1f} s")
+    print(f"     input wait            {res.input_wait_seconds:8.1f} s")
+    print(f"   overhead (pass-engine)  {overhead:8.1f} s = {overhead / res.seconds:5.1%}"
+          f" of the pass; target <= {TARGET_OVERHEAD:.0%}:"
+          f" {'met' if overhead <= TARGET_OVERHEAD * res.seconds else 'NOT met'}")
+    print(f"   peak memory above start {mem.extra_mb:8.0f} MB"
+          f" ({mem.extra_mb * 2**20 / max(n_det, 1):.0f} B/detection;"
+          f" the results array is {results.nbytes / 2**20:.0f} MB, 56 B/detection)")
+    print(f"   mAP {res.metrics['map']:.4f}  AR100 {res.metrics['ar100']:.4f}")
+    print("   the same detections scored again, interleaved:")
+    for evaluator in (*EVALUATORS, *EVALUATORS):
+        _, seconds, extra = timed_eval(ds.coco, results, evaluator)
+        print(f"     {evaluator:12s} {seconds:6.1f} s, peak +{extra:5.0f} MB")
+
+
+def val2017_shape(args, source: CocoDataset, work: Path) -> None:
+    rng = np.random.default_rng(0)
+    ds = replicated(source, args.images, work / "shape")
+    total = round(VAL2017_ANNOTATIONS * args.images / VAL2017_IMAGES)
+    data = topped_up(ds, total, rng)
+    results = jittered_detections(data, args.per_image, rng)
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    print(f"\n2. COCOeval at val2017's shape: {len(data['images'])} images,"
+          f" {len(data['annotations'])} annotations, {len(results)} detections"
+          f" ({args.per_image} an image; array {results.nbytes / 2**20:.0f} MB)")
+    figures = {}
+    for evaluator in (*EVALUATORS, *EVALUATORS):
+        metrics, seconds, extra = timed_eval(gt, results, evaluator)
+        figures.setdefault(evaluator, metrics)
+        print(f"   {evaluator:12s} {seconds:6.1f} s  ({1e6 * seconds / len(results):.1f} µs/det),"
+              f" peak +{extra:5.0f} MB ({extra * 2**20 / len(results):.0f} B/detection)")
+    a, b = figures.values()
+    same = all(np.isclose(a[k], b[k], rtol=1e-12, equal_nan=True) for k in a)
+    print(f"   twelve figures identical between evaluators: {same}; mAP {a['map']:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=VAL2017_IMAGES)
+    parser.add_argument("--per-image", type=int, default=300,
+                        help="detections an image in part 2")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("pass", "shape"), default=None)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    source = CocoDataset.open(synthetic.ensure_default(progress=True), "val")
+    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(prefix="bench-eval-scale-") as tmp:
+        if args.only in (None, "pass"):
+            accuracy_pass(args, source, Path(tmp))
+        if args.only in (None, "shape"):
+            val2017_shape(args, source, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
