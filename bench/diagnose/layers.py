@@ -207,15 +207,19 @@ def plot_layers(results_by_method: Mapping[str, Sequence[LayerError]], path: str
         ys = [min(r.sqnr_db, top) for r in ordered]
         ax.plot(xs, ys, marker=".", linewidth=1, label=method)
     all_rows = [r for rows in results_by_method.values() for r in rows]
-    named: set[str] = set()
+    named: list[LayerError] = []
     for row in worst(all_rows, len(all_rows)):
         if len(named) == labelled:
             break
-        if row.tensor in named:
-            continue
-        named.add(row.tensor)
-        ax.annotate(row.node, (x_of[(row.order, row.tensor)], row.sqnr_db), fontsize=7,
-                    xytext=(4, -10), textcoords="offset points", rotation=-20)
+        if all(row.tensor != n.tensor for n in named):
+            named.append(row)
+    for k, row in enumerate(sorted(named, key=lambda r: r.order)):  # staggered, no overlap
+        ax.annotate(f"{row.node} ({row.sqnr_db:.1f} dB)",
+                    (x_of[(row.order, row.tensor)], row.sqnr_db), fontsize=7,
+                    xytext=(-120, -14 - 11 * k), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "0.4"})
+    low = min(finite, default=0.0)
+    ax.set_ylim(low - 8 - 1.5 * len(named), top)
     ax.set_xlabel("quantized tensor (graph order)")
     ax.set_ylabel("SQNR vs FP32 (dB)")
     ax.set_title("Per-tensor quantization error")
