@@ -454,3 +454,55 @@ def plan_quantization(model: onnx.ModelProto, *, keep_float: KeepFloat | None = 
         tuple(label[k] for k in structure.head),
         _gates(index, sites, kept),
     )
+
+
+@dataclass(frozen=True)
+class QuantGroup:
+    """A unit that a sensitivity analysis quantizes or leaves float as a whole.
+
+    kind "conv": one quantized Conv/Gemm with its input and weight Q/DQ;
+    kind "shared": one shared-scale group of the plan (a Concat, MaxPool, Resize or
+    residual Add and the tensors tied to one scale).
+    nodes: what to pass to KeepFloat.nodes to leave the group float -- the conv itself,
+    or the group's ops and every quantized op reading one of its tensors (so none of the
+    group's tensors keeps a Q/DQ).
+    """
+
+    name: str
+    kind: str
+    nodes: tuple[str, ...]
+    tensors: tuple[str, ...]
+
+
+def _group_ops(group: tuple[str, ...], index: GraphIndex) -> list[onnx.NodeProto]:
+    members = set(group)
+    found = []
+    for node in index.nodes:
+        if node.op_type not in _SAME_SCALE_OPS | {"Concat", "Add"}:
+            continue
+        inputs = [node.input[i] for i in _data_inputs(node) if i < len(node.input)]
+        tied = node.op_type == "Add" and all(t in members for t in inputs)
+        if tied or (node.op_type != "Add" and node.output[0] in members):
+            found.append(node)
+    return found
+
+
+def quant_groups(model: onnx.ModelProto, plan: QuantPlan) -> tuple[QuantGroup, ...]:
+    """The plan's quantization groups, in graph order: one per quantized op, then one per
+    shared-scale group."""
+    index = GraphIndex(model.graph)
+    groups = [QuantGroup(op.name, "conv", (op.name,), (op.activation, op.weight))
+              for op in plan.ops]
+    for shared in plan.shared_groups:
+        ops = _group_ops(shared, index)
+        readers = [op.name for op in plan.ops if op.activation in shared]
+        name = node_label(ops[-1]) if ops else shared[-1]
+        groups.append(QuantGroup(f"shared:{name}", "shared",
+                                 tuple(dict.fromkeys([*map(node_label, ops), *readers])),
+                                 shared))
+    return tuple(groups)
+
+
+def keep_float_nodes(groups: tuple[QuantGroup, ...] | list[QuantGroup]) -> tuple[str, ...]:
+    """The KeepFloat.nodes that leave all of `groups` float (duplicates removed)."""
+    return tuple(dict.fromkeys(n for g in groups for n in g.nodes))

@@ -1,10 +1,15 @@
 """Write a Q/DQ ONNX model from a :class:`QuantPlan` and per-tensor activation amax.
 
-Weights are written as the float initializer followed by QuantizeLinear/DequantizeLinear
-with axis = output channel, not as an int8 initializer with a DequantizeLinear: TensorRT 8.x
-(JetPack 5) only accepts float weights quantized by a Q layer (TensorRT 10 takes both), and
-ONNX Runtime folds the constant Q into an int8 initializer when it loads the session, so
-both runtimes fuse the same file. The price is a file as large as the FP32 one.
+Weights are stored as int8 initializers (per output channel, symmetric, zero point 0)
+read through a DequantizeLinear, as ONNX Runtime's quantizer and NVIDIA ModelOpt's ONNX
+export write them, so an INT8 file is about a quarter of the FP32 one. TensorRT 10 takes
+such pre-quantized weights ("When using pre-quantized weights, an IDequantizeLayer is
+required between the weights and the linear operator", TensorRT developer guide,
+Explicit Quantization > Quantized Weights) and ONNX Runtime fuses DQ -> Conv -> Q
+exactly as it did when it folded a constant QuantizeLinear itself. TensorRT 8.x documents
+only float weights behind a QuantizeLinear: ``weights="float"`` writes that older form.
+The codes are round-half-to-even(w / scale), which is what QuantizeLinear computes, so
+both forms hold the same integers and give the same outputs.
 
 Profiles:
   tensorrt  s8 activations (zero point int8 0); one Q/DQ pair per tensor, shared by all its
@@ -35,7 +40,9 @@ from bench.quant.naming import fresh_name
 from bench.quant.placement import GraphIndex, QdqSite, QuantizedOp, QuantPlan, node_key
 
 PROFILES = ("tensorrt", "cpu")
+WEIGHT_FORMATS = ("int8", "float")
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+FORMAT_VERSION = 2  # 1: float weights + QuantizeLinear; 2: int8 weights + DequantizeLinear
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class _Edits:
     before: dict[str, list[onnx.NodeProto]] = field(default_factory=lambda: defaultdict(list))
     rewire: dict[tuple[str, int], str] = field(default_factory=dict)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)  # float weights now stored as int8
 
     def fresh(self, base: str) -> str:
         return fresh_name(base, self.taken)
@@ -114,6 +122,12 @@ class _Edits:
         name = self.fresh(base)
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
+
+    def dequantize(self, codes: str, scale: str, zero: str, output: str, axis: int):
+        name = self.fresh(f"{codes}_DequantizeLinear")
+        return onnx.helper.make_node(
+            "DequantizeLinear", [codes, scale, zero], [output], name=name, axis=axis
+        )
 
     def pair(self, tensor: str, scale: str, zero: str, axis: int | None = None) -> list:
         """Q and DQ nodes for `tensor`; the DQ output is the last node's output."""
@@ -165,14 +179,28 @@ def _constant_array(index: GraphIndex, name: str) -> np.ndarray:
     return numpy_helper.to_array(index.constant_nodes[name].attribute[0].t)
 
 
-def _quantize_weight(op: QuantizedOp, index: GraphIndex, edits: _Edits) -> None:
+def quantize_weight(weight: np.ndarray, axis: int, name: str = "weight"):
+    """(int8 codes, per-channel scales): round-half-to-even(w / scale), as QuantizeLinear."""
+    scales = weight_scales(weight, axis, name)
+    shape = [1] * weight.ndim
+    shape[axis] = scales.size
+    codes = np.clip(np.rint(weight / scales.reshape(shape)), -128, 127).astype(np.int8)
+    return codes, scales
+
+
+def _float_weight(op: QuantizedOp, index: GraphIndex) -> np.ndarray:
     weight = _constant_array(index, op.weight)
     if weight.dtype != np.float32:
         raise ModelError(
             f"weight {op.weight!r} of {op.name!r}: dtype {weight.dtype}; "
             "expected float32 (quantize the FP32 model, not an FP16 one)"
         )
-    scales = weight_scales(weight, op.weight_axis, op.weight)
+    return weight
+
+
+def _weight_pair(op: QuantizedOp, index: GraphIndex, edits: _Edits) -> None:
+    """weights="float": the float initializer behind a per-channel Q/DQ pair."""
+    scales = weight_scales(_float_weight(op, index), op.weight_axis, op.weight)
     scale = edits.constant(f"{op.weight}_scale", scales)
     zero = edits.constant(f"{op.weight}_zero_point", np.zeros(scales.shape, np.int8))
     nodes = edits.pair(op.weight, scale, zero, axis=op.weight_axis)
@@ -180,16 +208,63 @@ def _quantize_weight(op: QuantizedOp, index: GraphIndex, edits: _Edits) -> None:
     edits.rewire[(op.key, 1)] = nodes[-1].output[0]
 
 
+def _owns_weight(weight: str, ops: list[QuantizedOp], index: GraphIndex) -> bool:
+    """Whether the quantized ops are the weight's only readers (then int8 replaces it)."""
+    ours = {(op.key, 1) for op in ops}
+    readers = {(node_key(c), i) for c, i in index.consumers.get(weight, ())}
+    return readers <= ours and weight not in index.outputs and len(
+        {op.weight_axis for op in ops}
+    ) == 1
+
+
+def _int8_weight(weight: str, ops: list[QuantizedOp], index: GraphIndex, edits: _Edits):
+    """weights="int8": int8 codes behind a DequantizeLinear that takes the weight's name
+    (so the consumers stay as they are), or a fresh name if something else reads it."""
+    owned = _owns_weight(weight, ops, index)
+    by_axis: dict[int, list[QuantizedOp]] = defaultdict(list)
+    for op in ops:
+        by_axis[op.weight_axis].append(op)
+    for axis, users in by_axis.items():
+        codes, scales = quantize_weight(_float_weight(users[0], index), axis, weight)
+        codes_name = edits.constant(f"{weight}_quantized", codes)
+        scale = edits.constant(f"{weight}_scale", scales)
+        zero = edits.constant(f"{weight}_zero_point", np.zeros(scales.shape, np.int8))
+        output = weight if owned else edits.fresh(f"{weight}_DequantizeLinear")
+        edits.before[users[0].key].append(edits.dequantize(codes_name, scale, zero, output, axis))
+        edits.rewire.update({(op.key, 1): output for op in users})
+    if owned:
+        edits.dropped.add(weight)
+
+
+def _quantize_weights(plan: QuantPlan, index: GraphIndex, edits: _Edits, fmt: str) -> None:
+    if fmt == "float":
+        for op in plan.ops:
+            _weight_pair(op, index, edits)
+        return
+    by_weight: dict[str, list[QuantizedOp]] = defaultdict(list)
+    for op in plan.ops:  # graph order: the first reader gets the DequantizeLinear
+        by_weight[op.weight].append(op)
+    for weight, ops in by_weight.items():
+        _int8_weight(weight, ops, index, edits)
+
+
 def _apply(graph: onnx.GraphProto, edits: _Edits) -> None:
     nodes = list(edits.after.get("", []))
     for node in graph.node:
         key = node_key(node)
+        if node.op_type == "Constant" and key in edits.dropped:
+            continue
         for i in range(len(node.input)):
             node.input[i] = edits.rewire.get((key, i), node.input[i])
         nodes += [*edits.before.get(key, []), node, *edits.after.get(key, [])]
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(edits.initializers)
+    kept = [t for t in graph.initializer if t.name not in edits.dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + edits.initializers)
+    inputs = [i for i in graph.input if i.name not in edits.dropped]  # IR < 4 weight inputs
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -229,15 +304,27 @@ def _check_plan(plan: QuantPlan, index: GraphIndex) -> None:
 
 
 def write_qdq(
-    model: onnx.ModelProto, plan: QuantPlan, amax: Mapping[str, float], *, profile: str = "tensorrt"
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    amax: Mapping[str, float],
+    *,
+    profile: str = "tensorrt",
+    weights: str = "int8",
 ) -> onnx.ModelProto:
     """A copy of `model` (opset >= 13) with Q/DQ where `plan` says, scales from `amax`.
 
-    Raises ConfigError for an unknown profile and ModelError for a missing or invalid amax,
-    a plan made for another model, or non-float32 weights. The result passes onnx.checker,
-    stays topologically sorted and keeps the graph inputs and outputs (dynamic batch).
+    weights: "int8" (int8 initializers + DequantizeLinear, the default) or "float" (the
+    float initializer + QuantizeLinear/DequantizeLinear, for TensorRT 8.x).
+    Raises ConfigError for an unknown profile or weight format and ModelError for a
+    missing or invalid amax, a plan made for another model, or non-float32 weights. The
+    result passes onnx.checker, stays topologically sorted and keeps the graph inputs and
+    outputs (dynamic batch).
     """
     prof = _profile(profile)
+    if weights not in WEIGHT_FORMATS:
+        raise ConfigError(
+            f"weights: got {weights!r}, expected one of {', '.join(WEIGHT_FORMATS)}"
+        )
     out = _at_least_opset13(model)
     index = GraphIndex(out.graph)
     _check_plan(plan, index)
@@ -248,8 +335,7 @@ def write_qdq(
             _quantize_site(site, scales[site.tensor], prof, edits, index)
     for gate in plan.gates if prof.cpu_sites else ():
         _quantize_gate(gate, edits, index)
-    for op in plan.ops:
-        _quantize_weight(op, index, edits)
+    _quantize_weights(plan, index, edits, weights)
     _apply(out.graph, edits)
     onnx.checker.check_model(out)
     return out
@@ -258,17 +344,19 @@ def write_qdq(
 def quantized_tensor_set(
     model: onnx.ModelProto, *, activations_only: bool = False
 ) -> frozenset[str]:
-    """Original tensors that carry a QuantizeLinear -> DequantizeLinear pair in `model`.
+    """Original tensors that carry a QuantizeLinear -> DequantizeLinear pair in `model`,
+    and weights stored quantized (the output of a DequantizeLinear reading a constant,
+    which write_qdq names after the float weight it replaces).
 
-    Weights (initializers or Constant outputs) are included unless `activations_only`.
+    Weights are included unless `activations_only`.
     """
     index = GraphIndex(model.graph)
-    found = set()
+    found, weights = set(), set()
     for node in index.nodes:
         if node.op_type == "QuantizeLinear" and any(
             c.op_type == "DequantizeLinear" for c, _ in index.consumers[node.output[0]]
         ):
-            found.add(node.input[0])
-    if activations_only:
-        found = {t for t in found if not index.is_constant(t)}
-    return frozenset(found)
+            (weights if index.is_constant(node.input[0]) else found).add(node.input[0])
+        elif node.op_type == "DequantizeLinear" and index.is_constant(node.input[0]):
+            weights.add(node.output[0])
+    return frozenset(found if activations_only else found | weights)

@@ -16,7 +16,12 @@ from yolo_like import HEAD_CONVS, build_yolo_like
 
 from bench.errors import ConfigError, ModelError
 from bench.quant.placement import KeepFloat, plan_quantization
-from bench.quant.qdq import quantized_tensor_set, weight_scales, write_qdq
+from bench.quant.qdq import (
+    quantize_weight,
+    quantized_tensor_set,
+    weight_scales,
+    write_qdq,
+)
 
 PROFILES = ("tensorrt", "cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -134,17 +139,25 @@ def test_tensorrt_shares_one_pair_cpu_gives_each_consumer_its_own(written):
     assert len(_quantize_nodes(written["cpu"], conv_out)) == 1
 
 
+def _weight_dq(model: onnx.ModelProto, weight: str) -> onnx.NodeProto:
+    (dq,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+             and n.output[0] == weight]
+    return dq
+
+
 def test_zero_points_per_profile(written, plan):
     gates = {g.tensor for g in plan.gates}
     expected = {"tensorrt": (np.int8, 0), "cpu": (np.uint8, 128)}
     for profile, (dtype, zero) in expected.items():
         out = written[profile]
-        inits = {t.name for t in out.graph.initializer}
+        for op in plan.ops:  # weight: per-channel int8 zeros on the output axis
+            dq = _weight_dq(out, op.weight)
+            zp = _init(out, dq.input[2])
+            assert zp.dtype == np.int8 and not zp.any() and dq.attribute[0].i == 0
+            assert zp.shape == (_init(out, dq.input[0]).shape[0],)
         for q in (n for n in out.graph.node if n.op_type == "QuantizeLinear"):
             zp = _init(out, q.input[2])
-            if q.input[0] in inits:  # weight: per-channel int8 zeros on the output axis
-                assert zp.dtype == np.int8 and not zp.any() and q.attribute[0].i == 0
-            elif q.input[0] in gates:  # sigmoid: [0, 1] in u8
+            if q.input[0] in gates:  # sigmoid: [0, 1] in u8
                 assert (zp.dtype, int(zp)) == (np.uint8, 0)
                 assert float(_init(out, q.input[1])) == np.float32(1 / 255)
             else:
@@ -162,12 +175,109 @@ def test_weight_scales_are_per_channel_and_guard_zero_channels():
 def test_quantized_weights_round_trip_within_half_a_step(written, model, plan):
     out = written["tensorrt"]
     op = plan.ops[3]
-    (q,) = _quantize_nodes(out, op.weight)
-    w, scale = _init(model, op.weight), _init(out, q.input[1])
-    assert scale.shape == (w.shape[0],)
-    fake = np.clip(np.round(w / scale[:, None, None, None]), -128, 127) * scale[:, None, None, None]
+    dq = _weight_dq(out, op.weight)
+    w, codes, scale = _init(model, op.weight), _init(out, dq.input[0]), _init(out, dq.input[1])
+    assert codes.dtype == np.int8 and codes.shape == w.shape and scale.shape == (w.shape[0],)
+    fake = codes.astype(np.float32) * scale[:, None, None, None]
     assert np.all(np.abs(fake - w) <= scale[:, None, None, None] / 2 + 1e-7)
     assert np.abs(w).reshape(w.shape[0], -1).max(1) == pytest.approx(scale * 127, rel=1e-6)
+    assert np.abs(codes).reshape(w.shape[0], -1).max(1).tolist() == [127] * w.shape[0]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_weights_are_int8_and_no_float_weight_is_left(written, model, plan, profile):
+    out = written[profile]
+    inits = {t.name: t for t in out.graph.initializer}
+    assert not {op.weight for op in plan.ops} & set(inits)  # the float weights are gone
+    assert not [n for n in out.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0].endswith("weight")]
+    quantized = [t for t in inits.values() if t.name.endswith("_quantized")]
+    assert len(quantized) == len(plan.ops)
+    assert {t.data_type for t in quantized} == {onnx.TensorProto.INT8}
+    # the weights take one byte each: the file is smaller than FP32 (measured 0.70 and 0.98
+    # on this toy, whose weights are few of its bytes and whose cpu profile adds ~150 Q/DQ
+    # nodes; see the README for the embedded default)
+    ratio = len(out.SerializeToString()) / len(model.SerializeToString())
+    print(f"{profile}: Q/DQ file / FP32 file = {ratio:.3f}")
+    assert ratio < {"tensorrt": 0.8, "cpu": 1.0}[profile]
+    weight_bytes = sum(len(t.raw_data) for t in quantized)
+    float_bytes = sum(_init(model, op.weight).nbytes for op in plan.ops)
+    assert weight_bytes * 4 == float_bytes
+
+
+def test_codes_are_what_onnxruntime_quantizelinear_computes(model, plan):
+    # The int8 codes must be exactly what ONNX Runtime folded from the old float form.
+    for op in plan.ops:
+        w = _init(model, op.weight)
+        codes, scales = quantize_weight(w, op.weight_axis)
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("QuantizeLinear", ["w", "s", "z"], ["q"], axis=0)], "q",
+            [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, w.shape)],
+            [onnx.helper.make_tensor_value_info("q", onnx.TensorProto.INT8, w.shape)],
+            [numpy_helper.from_array(scales, "s"),
+             numpy_helper.from_array(np.zeros(scales.shape, np.int8), "z")])
+        q = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        np.testing.assert_array_equal(_session(q).run(None, {"w": w})[0], codes)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_float_weight_form_gives_the_same_outputs(model, plan, amax, written, profile):
+    old = write_qdq(model, plan, amax, profile=profile, weights="float")
+    assert len(_quantize_nodes(old, plan.ops[0].weight)) == 1
+    assert quantized_tensor_set(old) == quantized_tensor_set(written[profile])
+    images = np.random.default_rng(3).random((2, 3, 32, 32), dtype=np.float32)
+    new_out = _session(written[profile]).run(None, {"images": images})[0]
+    np.testing.assert_array_equal(_session(old).run(None, {"images": images})[0], new_out)
+    assert len(written[profile].SerializeToString()) < 0.9 * len(old.SerializeToString())
+
+
+def _conv_model(shared_reader: bool, constant_node: bool) -> onnx.ModelProto:
+    h = onnx.helper
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes, inits = [], []
+    if constant_node:
+        nodes.append(h.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w)))
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes += [h.make_node("Conv", ["x", "w"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+              h.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+              h.make_node("Conv", ["x", "w"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
+    outputs = [("r0", [1, 4, 8, 8]), ("c1", [1, 4, 8, 8])]
+    if shared_reader:  # something else reads the float weight too
+        nodes.append(h.make_node("ReduceMax", ["w"], ["wmax"], name="wmax", keepdims=0))
+        outputs.append(("wmax", []))
+    graph = h.make_graph(
+        nodes, "two_convs", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info(o, onnx.TensorProto.FLOAT, d) for o, d in outputs], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("constant_node", [False, True])
+@pytest.mark.parametrize("shared_reader", [False, True])
+def test_shared_and_constant_node_weights(shared_reader, constant_node):
+    model = _conv_model(shared_reader, constant_node)
+    from bench.quant.placement import GraphIndex, QuantizedOp, QuantPlan
+    ops = tuple(QuantizedOp(n, f"c{i}", "Conv", "x", "w", 0, f"c{i}")
+                for i, n in enumerate(("conv0", "conv1")))
+    plan = QuantPlan(ops, (), (), (), (), ())
+    x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    out = write_qdq(model, plan, {})
+    onnx.checker.check_model(out, full_check=True)
+    assert _is_topological(out)
+    index = GraphIndex(out.graph)
+    dqs = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 1 and {index.producer[n.input[1]].name for n in out.graph.node
+                              if n.op_type == "Conv"} == {dqs[0].name}
+    # the float weight survives only when a float reader still needs it
+    assert index.is_constant("w") == shared_reader
+    ref = _session(write_qdq(model, plan, {}, weights="float")).run(None, {"x": x})
+    for a, b in zip(ref, _session(out).run(None, {"x": x})):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_weight_format_is_a_config_error(model, plan, amax):
+    with pytest.raises(ConfigError, match="'int4'.*int8, float"):
+        write_qdq(model, plan, amax, weights="int4")
 
 
 def test_missing_or_bad_amax_is_a_model_error_naming_the_tensor(model, plan, amax):
