@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from bench import __version__
-from bench.cache import Artifact, ArtifactCache, file_sha256
+from bench.cache import Artifact, ArtifactCache
 from bench.config import BenchConfig
+from bench.model_hash import model_fingerprint
 from bench.quant.ptq import Histograms, quant_plan
 from bench.variants import VariantSpec, spec_of
 
@@ -52,7 +53,9 @@ class BuildContext:
 
     @property
     def model_sha(self) -> str:
-        return file_sha256(self.model_path)
+        """The model's canonical fingerprint: graph and weights, not metadata, so a model
+        re-saved with value_info (as ModelOpt does in place) keeps its artifacts."""
+        return model_fingerprint(self.model_path)
 
     def key_parts(self, variant: str, **extra: Any) -> dict[str, Any]:
         return {"model": self.model_sha, "variant": variant, "bench": __version__,

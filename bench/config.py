@@ -33,6 +33,7 @@ DEVICES = ("cpu", "cuda")
 QDQ_PROFILES = ("tensorrt", "cpu")
 POWER_SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
 KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
+EVALUATORS = ("faster", "pycocotools")
 MAX_IMGSZ = 4096  # above this a letterboxed batch alone takes gigabytes
 
 
@@ -78,6 +79,8 @@ class BenchConfig:
     latency_tolerance: float = 0.05
     latency_blocks: int = 5
     fail_inconclusive: bool = False
+    evaluator: str = "faster"
+    coco_lenient: bool = False
     qat_init: str = "best"
     qat_iters: int | None = None
     qat_epochs: float | None = None
@@ -92,6 +95,7 @@ class BenchConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("power", self.power, POWER_SOURCES)
         _check_choice("qat_init", self.qat_init, qat_inits())
+        _check_choice("evaluator", self.evaluator, EVALUATORS)
         if self.qdq_profile is not None:
             _check_choice("qdq_profile", self.qdq_profile, QDQ_PROFILES)
         for name in self.variants:
@@ -195,6 +199,10 @@ HELP = {
                          "then must lie above 1 + this to fail (0.05 = 5 %)",
     "latency_blocks": "blocks the latency pass splits its rounds into, each followed by a "
                       "block of fp32 and of the speed probe (drift cancels between them)",
+    "evaluator": "COCO evaluator: faster (faster-coco-eval, the default: same twelve figures, "
+                 "several times faster) or pycocotools (the reference)",
+    "coco_lenient": "drop invalid COCO annotations (non-positive boxes, unknown images or "
+                    "categories) and count them in the report, instead of stopping",
     "fail_inconclusive": "fail the gate when a latency comparison with the baseline is "
                          "inconclusive (its interval straddles the tolerance)",
     "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",

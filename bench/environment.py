@@ -34,7 +34,8 @@ def collect_environment(cfg: BenchConfig, inputs: Any | None) -> dict[str, Any]:
         # The device's model is part of its identity: latency on one GPU or CPU model is
         # never compared with another's.
         "device": f"{cfg.device}: {device_name(cfg)}",
-        "host": {"name": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count()},
+        "host": {"name": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+                 "isa": cpu_isa_flags()},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "bench": __version__,
@@ -71,6 +72,24 @@ def device_name(cfg: BenchConfig) -> str:
         return torch.cuda.get_device_name(0)
     except Exception:  # no torch or no CUDA: the engine reports its own reason
         return "cuda (unknown)"
+
+
+# Instruction sets that change INT8 results or speed on the CPU: ONNX Runtime picks its
+# int8 GEMM kernels by them (VNNI hosts gave int8-entropy 0.640 where another gave 0.625).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+             "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU reports in /proc/cpuinfo (empty where it is not readable)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.lower().startswith(("flags", "features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in ISA_FLAGS if flag in present]
+    return []
 
 
 def cpu_model() -> str:

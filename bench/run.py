@@ -111,7 +111,7 @@ class RunContext:
             engine.infer_streams(cfg.eval_streams), inputs.dataset, imgsz=inputs.imgsz,
             batch=cfg.eval_batch, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
             eval_count=cfg.eval_count, progress=cfg.progress, fixed_batch=inputs.fixed_batch,
-            cache=self.letterboxed(), label=label)
+            cache=self.letterboxed(), label=label, evaluator=cfg.evaluator)
 
     def end_to_end(self, engine: Engine) -> Callable[[], object]:
         """One image through pre-processing (letterbox of the decoded image), infer, and
@@ -163,6 +163,9 @@ class RunContext:
         cfg = self.cfg
         _check_writable(Path(cfg.results_dir), "results_dir")
         _check_writable(Path(cfg.cache_dir), "cache_dir")
+        from bench.atomic import sweep_stale
+
+        sweep_stale(Path(cfg.results_dir))  # temporaries of runs killed while writing
         from bench.report.baseline import load_baseline
 
         load_baseline(Path(cfg.baseline))  # a corrupt or other-schema file raises here

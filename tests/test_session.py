@@ -89,37 +89,57 @@ def test_calibration_never_uses_evaluation_images(tmp_path, tiny_detector, tiny_
 
     session = _session(tmp_path, tiny_detector, tiny_coco, calib=str(tiny_coco / "val"))
     with pytest.raises(InputDataError):
-        session.inputs()
+        session.run.inputs()
 
 
-def test_speedup_divides_fp32_timed_beside_the_variant(tmp_path, tiny_detector, tiny_coco,
-                                                       monkeypatch):
-    from bench import session as session_module
-    from bench.report.rows import PAIRED_KEY, derive_relative
+def test_speedup_is_paired_with_fp32_blocks_timed_beside_the_variant(
+        tmp_path, tiny_detector, tiny_coco, monkeypatch):
+    from bench.measure import references
+    from bench.report.judge import BLOCKS_KEY
+    from bench.report.rows import PAIRED_KEY
 
     session = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32,int8-max",
-                       bench_rounds=6)
+                       bench_rounds=6, latency_blocks=3)
     fp32, int8 = (_run(session, v) for v in ("fp32", "int8-max"))
-    assert PAIRED_KEY not in fp32.extra  # fp32 itself is not paired
-    paired = int8.extra[PAIRED_KEY]
-    assert paired > 0 and int8.extra["fp32_paired_rounds"] == 6  # 3 before, 3 after
-    assert int8.speedup_vs_fp32 == pytest.approx(paired / int8.latency_ms.median)
-    # Rendering the rows again (bench report) gives the same paired figure.
-    assert derive_relative([fp32, int8])[1].speedup_vs_fp32 == int8.speedup_vs_fp32
+    assert fp32.extra[BLOCKS_KEY]["reference_ms"] == []  # fp32 itself is not paired
+    blocks = int8.extra[BLOCKS_KEY]
+    assert len(blocks["variant_ms"]) == 3 and len(blocks["reference_ms"]) == 4
+    assert len(blocks["probe_ms"]) == 4 and int8.probe_ms > 0
+    assert int8.speedup_low <= int8.speedup_vs_fp32 <= int8.speedup_high
+    assert int8.extra[PAIRED_KEY] > 0
+    assert int8.latency_ms.ci_low <= int8.latency_ms.median <= int8.latency_ms.ci_high
     session.close()
 
     # Without a usable fp32 engine the speedup falls back to the fp32 row, and says why.
     broken = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32,int8-max")
     fp32 = _run(broken, "fp32")
-    real = session_module.make_engine
+    real = broken.refs.open
 
-    def no_second_fp32(cfg, spec, *args, **kwargs):
-        if spec.name == "fp32":
+    def no_second_fp32(variant, path):
+        if variant == "fp32":
             raise RuntimeError("no memory for a second fp32 engine")
-        return real(cfg, spec, *args, **kwargs)
+        return real(variant, path)
 
-    monkeypatch.setattr(session_module, "make_engine", no_second_fp32)
+    monkeypatch.setattr(broken.refs, "open", no_second_fp32)
     int8 = _run(broken, "int8-max")
-    assert PAIRED_KEY not in int8.extra
-    assert "no memory for a second fp32 engine" in int8.extra["fp32_paired_error"]
+    assert int8.extra[BLOCKS_KEY]["reference_ms"] == []
+    assert "no memory for a second fp32 engine" in int8.extra["fp32_unavailable"]
     assert int8.speedup_vs_fp32 == pytest.approx(fp32.latency_ms.median / int8.latency_ms.median)
+    assert references  # the module that keeps the reference engines
+
+
+def test_a_run_without_fp32_measures_it_as_the_reference_of_the_floors(
+        tmp_path, tiny_detector, tiny_coco):
+    session = _session(tmp_path, tiny_detector, tiny_coco, variants="int8-max")
+    int8 = _run(session, "int8-max")
+    assert "fp32" in session.rows and session.rows["fp32"].extra["run_as"].startswith(
+        "measured as the reference")
+    assert any("floor" in line for line in int8.gate.lines)
+    assert not any("NOT CHECKED" in line for line in int8.gate.lines)
+    session.close()
+
+
+def test_nothing_measured_is_said(tmp_path, tiny_detector, tiny_coco):
+    session = _session(tmp_path, tiny_detector, tiny_coco, variants="trt-minmax")
+    _run(session, "trt-minmax")
+    assert session.nothing_measured().startswith("nothing measured: every variant skipped")

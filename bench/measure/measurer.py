@@ -96,8 +96,8 @@ class _Block:
 class Measurer:
     """Times one engine at a time against a reference engine and the speed probe.
 
-    reference / probe: the fp32 engine and the probe engine, opened by the caller, or
-    None when they are not available (then the speedup, or the cross-run comparison,
+    reference / probe: the fp32 engine, and the probe engine with its own input, opened by
+    the caller, or None when they are not available (then the speedup, or the cross-run comparison,
     cannot be made and the caller says so).
     """
 
@@ -105,7 +105,8 @@ class Measurer:
         self.rounds, self.blocks, self.warmup = rounds, max(1, min(blocks, rounds)), warmup
 
     def measure(self, engine: Engine, batch: np.ndarray, *, reference: Engine | None,
-                probe: Engine | None, sampler: Sampler, timer: Timer = plain_timer,
+                probe: tuple[Engine, np.ndarray] | None, sampler: Sampler,
+                timer: Timer = plain_timer,
                 end_to_end: Callable[[], object] | None = None) -> Measurement:
         began = time.perf_counter()
         for _ in range(self.warmup):
@@ -118,10 +119,14 @@ class Measurer:
                            time.perf_counter() - began)
 
     def _interleaved(self, engine: Engine, batch: np.ndarray, reference: Engine | None,
-                     probe: Engine | None, timer: Timer) -> tuple[list[float], Blocks]:
+                     probe: tuple[Engine, np.ndarray] | None,
+                     timer: Timer) -> tuple[list[float], Blocks]:
         size = -(-self.rounds // self.blocks)  # calls per block, rounded up
-        others = [(_Block(e, batch), out) for e, out in ((reference, []), (probe, []))
-                  if e is not None]
+        ref_out: list[float] = []
+        probe_out: list[float] = []
+        others = [(_Block(reference, batch), ref_out)] if reference is not None else []
+        if probe is not None:
+            others.append((_Block(*probe), probe_out))
         variant = _Block(engine, batch)
         seconds: list[float] = []
         block_medians: list[float] = []
@@ -149,8 +154,6 @@ class Measurer:
         if tail > 0:
             block_medians.append(float(np.median(seconds[-tail:]) * 1000.0))
             references()
-        ref_out = next((out for block, out in others if block.engine is reference), [])
-        probe_out = next((out for block, out in others if block.engine is probe), [])
         return seconds, Blocks(tuple(block_medians), tuple(ref_out), tuple(probe_out))
 
     def _power_window(self, engine: Engine, batch: np.ndarray,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bench.errors import one_line
 from bench.variants import REFERENCE, spec_of
 
@@ -54,20 +56,20 @@ class References:
                 return None
         return self._anchor
 
-    def probe(self) -> Engine | None:
-        """The speed probe on the run's backend and threads."""
+    def probe(self) -> tuple[Engine, np.ndarray] | None:
+        """The speed probe on the run's backend and threads, with its fixed input."""
+        from bench.measure.probe import probe_batch, probe_model_path
+
         if "probe" in self.errors:
             return None
         if self._probe is None:
-            from bench.measure.probe import probe_model_path
-
             try:
                 path = probe_model_path(Path(self.cfg.cache_dir) / "probe")
                 self._probe = self._open_probe(path)
             except Exception as exc:
                 self.errors["probe"] = one_line(exc)
                 return None
-        return self._probe
+        return self._probe, probe_batch()
 
     def _open_probe(self, path: Path) -> Engine:
         from bench.engines.factory import make_engine

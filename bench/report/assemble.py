@@ -101,7 +101,8 @@ def _power_extra(measurement: Measurement) -> dict[str, Any]:
 def variant_extra(engine_info: Mapping[str, Any], artifact: Artifact, accuracy: AccuracyResult,
                   imgsz: int) -> dict[str, Any]:
     """What a row carries beside its figures: engine facts, artifact, accuracy-pass split."""
-    return {"engine": dict(engine_info), "artifact_cached": artifact.cached,
+    rebuilt = {"artifact_rebuilt": artifact.rebuilt} if artifact.rebuilt else {}
+    return {"engine": dict(engine_info), "artifact_cached": artifact.cached, **rebuilt,
             "artifact_meta": {k: v for k, v in artifact.meta.items() if k != "amax"},
             "imgsz": imgsz, "accuracy_seconds": accuracy.seconds,
             "cocoeval_seconds": accuracy.eval_seconds, "eval_streams": accuracy.streams}

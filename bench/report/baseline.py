@@ -21,7 +21,8 @@ from bench.errors import InputDataError
 from bench.report.runs import Run, load_run, read_report
 
 REQUIRED_KEYS = ("device", "host.cpu", "backend")
-OPTIONAL_KEYS = ("versions.cuda", "versions.driver", "power.mode", "power.jetson_clocks")
+OPTIONAL_KEYS = ("versions.cuda", "versions.driver", "power.mode", "power.jetson_clocks",
+                 "host.isa")
 ENVIRONMENT_KEYS = REQUIRED_KEYS + ("versions.<backend>",) + OPTIONAL_KEYS
 _MISSING = object()
 
