@@ -6,8 +6,9 @@ export write them, so an INT8 file is about a quarter of the FP32 one. TensorRT 
 such pre-quantized weights ("When using pre-quantized weights, an IDequantizeLayer is
 required between the weights and the linear operator", TensorRT developer guide,
 Explicit Quantization > Quantized Weights) and ONNX Runtime fuses DQ -> Conv -> Q
-exactly as it did when it folded a constant QuantizeLinear itself. TensorRT 8.x documents
-only float weights behind a QuantizeLinear: ``weights="float"`` writes that older form.
+exactly as it did when it folded a constant QuantizeLinear itself. For TensorRT 8.x
+(JetPack 5), where INT8 constants were reported refused, ``weights="float"`` writes the
+older form: the float initializer behind a per-channel QuantizeLinear/DequantizeLinear.
 The codes are round-half-to-even(w / scale), which is what QuantizeLinear computes, so
 both forms hold the same integers and give the same outputs.
 
