@@ -52,10 +52,12 @@ def _rename_output(graph, old: str, new: str) -> None:
         node.output[:] = [new if o == old else o for o in node.output]
 
 
-def write_slowed_model(src: str | Path, dst: str | Path, convs: int, channels: int = 4) -> Path:
-    """src with a side branch of `convs` 3x3 convolutions (input -> stride-2 conv to
+def write_slowed_model(src: str | Path, dst: str | Path, convs: int, channels: int = 4,
+                       stride: int = 4) -> Path:
+    """src with a side branch of `convs` 3x3 convolutions (input -> conv of that stride to
     `channels`, then channels -> channels) whose mean × 0 is added to each float output.
-    Outputs, names and shapes are those of src; only the time grows."""
+    Outputs, names and shapes are those of src; only the time grows (per conv, about
+    channels² × (H/stride) × (W/stride) multiply-adds plus one operator's overhead)."""
     from onnx import TensorProto, helper, numpy_helper
 
     if convs < 1:
@@ -75,10 +77,10 @@ def write_slowed_model(src: str | Path, dst: str | Path, convs: int, channels: i
     for i in range(convs):
         w = (rng.standard_normal((channels, c_in, 3, 3)) * 0.1).astype(np.float32)
         graph.initializer.append(numpy_helper.from_array(w, f"slowdown_w{i}"))
-        stride = 2 if i == 0 else 1
+        step = stride if i == 0 else 1
         nodes += [
             helper.make_node("Conv", [x, f"slowdown_w{i}"], [f"slowdown_conv{i}"],
-                             kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride],
+                             kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[step, step],
                              name=f"slowdown_conv{i}"),
             helper.make_node("Relu", [f"slowdown_conv{i}"], [f"slowdown_relu{i}"],
                              name=f"slowdown_relu{i}"),
@@ -132,16 +134,23 @@ def measure_slowdown(src: str | Path, slowed: str | Path, batch: np.ndarray, *,
 
 def calibrate_slowdown(src: str | Path, dst: str | Path, batch: np.ndarray, *,
                        target: float = 1.10, threads: int | None = 1, channels: int = 4,
-                       probe_convs: int = 8) -> tuple[Path, int, Interval]:
+                       stride: int = 4, probe_convs: int = 8, blocks: int = 15,
+                       calls: int = 10) -> tuple[Path, int, Interval]:
     """Write dst = src slowed by about `target` (e.g. 1.10): time a branch of probe_convs
     convolutions, scale the depth linearly to the target, write and time that. Returns the
     path, the depth and the measured slowdown (an Interval: check it before trusting it)."""
-    write_slowed_model(src, dst, probe_convs, channels)
-    first = measure_slowdown(src, dst, batch, threads=threads)
-    per_conv = max((first.estimate - 1.0) / probe_convs, 1e-4)
-    convs = max(1, int(round((target - 1.0) / per_conv)))
-    write_slowed_model(src, dst, convs, channels)
-    return Path(dst), convs, measure_slowdown(src, dst, batch, threads=threads)
+    timing = {"threads": threads, "blocks": blocks, "calls": calls}
+    convs, measured = probe_convs, None
+    for _ in range(2):  # measure, rescale the depth linearly; once more from the better guess
+        write_slowed_model(src, dst, convs, channels, stride)
+        measured = measure_slowdown(src, dst, batch, **timing)
+        per_conv = max((measured.estimate - 1.0) / convs, 1e-4)
+        better = max(1, int(round((target - 1.0) / per_conv)))
+        if better == convs:
+            return Path(dst), convs, measured
+        convs = better
+    write_slowed_model(src, dst, convs, channels, stride)
+    return Path(dst), convs, measure_slowdown(src, dst, batch, **timing)
 
 
 def write_shrunk_boxes_model(src: str | Path, dst: str | Path, factor: float,

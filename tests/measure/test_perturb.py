@@ -41,7 +41,7 @@ def test_slowed_model_gives_the_same_outputs_bit_for_bit(tmp_path, images):
 
 def test_slowed_model_is_measurably_slower(tmp_path, images):
     # a deep branch (about half the model's own work): paired blocks see it despite the noise
-    slowed = write_slowed_model(DEFAULT, tmp_path / "slow.onnx", convs=12)
+    slowed = write_slowed_model(DEFAULT, tmp_path / "slow.onnx", convs=12, channels=8, stride=2)
     ratio = measure_slowdown(DEFAULT, slowed, images[:1], blocks=7, calls=3)
     print(f"slowdown with 12 branch convs: {ratio.fmt_ratio()}")
     assert ratio.low > 1.05
