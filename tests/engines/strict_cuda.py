@@ -47,11 +47,14 @@ class FakeGpu:
     streams: set = field(default_factory=set)
     events: set = field(default_factory=set)
     host: dict[int, object] = field(default_factory=dict)
-    _next: itertools.count = field(default_factory=lambda: itertools.count(0x10000, 0x10000))
+    _next: itertools.count = field(default_factory=lambda: itertools.count(0x10, 0x10))
+    _top: int = 0x100000
 
     def malloc(self, nbytes: int) -> int:
-        ptr = next(self._next)
-        self.memory[ptr] = np.zeros(max(int(nbytes), 1), np.uint8)
+        """A new allocation, never overlapping another (a guard page between them)."""
+        ptr, size = self._top, max(int(nbytes), 1)
+        self._top += (size + 0xFFF) // 0x1000 * 0x1000 + 0x1000
+        self.memory[ptr] = np.zeros(size, np.uint8)
         return ptr
 
     def view(self, ptr: int, nbytes: int) -> np.ndarray:
@@ -269,6 +272,7 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - the binding's own name
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
     cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
@@ -292,7 +296,8 @@ class _Handle:
         return self.value
 
 
-def fake_cudart(gpu: FakeGpu, *, driver_version: int = 12060) -> types.ModuleType:
+def fake_cudart(gpu: FakeGpu, *, driver_version: int = 12060,
+                runtime_version: int = 12060) -> types.ModuleType:
     """A `cuda.bindings.runtime` module over gpu: tuple returns, error codes."""
     rt = types.ModuleType("cuda.bindings.runtime")
     rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
@@ -307,15 +312,15 @@ def fake_cudart(gpu: FakeGpu, *, driver_version: int = 12060) -> types.ModuleTyp
         return ok, cudaError_t(error).name.encode()
 
     def cudaGetDeviceCount():  # noqa: N802
-        if driver_version < 12000:
-            return bad.cudaErrorNoDevice, 0
+        if runtime_version // 1000 > driver_version // 1000:
+            return bad.cudaErrorInsufficientDriver, 0
         return ok, len(gpu.names)
 
     def cudaDriverGetVersion():  # noqa: N802
         return ok, driver_version
 
     def cudaRuntimeGetVersion():  # noqa: N802
-        return ok, 12060
+        return ok, runtime_version
 
     def cudaSetDevice(index):  # noqa: N802
         if not 0 <= int(index) < len(gpu.names):
@@ -424,13 +429,15 @@ def install(monkeypatch, gpu: FakeGpu, binding: str = "pycuda", **kwargs) -> typ
     if binding == "pycuda":
         driver = fake_pycuda(gpu)
         package = types.ModuleType("pycuda")
-        package.driver, package.VERSION = driver, (2025, 1, 2)
+        package.driver, package.VERSION, package.VERSION_TEXT = driver, (2025, 1, 2), "2025.1.2"
         package.__path__ = []
         monkeypatch.setitem(sys.modules, "pycuda", package)
         monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
         return driver
     runtime = fake_cudart(gpu, **kwargs)
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    major = kwargs.get("runtime_version", 12060) // 1000
+    bindings.__version__ = f"{major}.9.0"
     cuda.__path__, bindings.__path__ = [], []
     cuda.bindings, bindings.runtime = bindings, runtime
     monkeypatch.setitem(sys.modules, "cuda", cuda)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-
 from strict_cuda import FakeGpu
 
 KNOWN_OPS = {"Mul", "ReduceSum", "QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bench.engines.ort import OrtEngine
+from bench.engines.ort import OrtEngine, OrtOptions
 from bench.errors import ModelError
 
 
@@ -21,7 +21,7 @@ def _conv_model(path: Path, input_shape=("batch", 3, 8, 8)) -> Path:
 
 def test_infer_returns_named_outputs(tmp_path: Path):
     model = _conv_model(tmp_path / "m.onnx")
-    with OrtEngine(model, threads=1) as engine:
+    with OrtEngine(model, options=OrtOptions(threads=1)) as engine:
         out = engine.infer(np.ones((2, 3, 8, 8), np.float32))
         assert list(out) == ["out"] and out["out"].shape == (2, 2, 8, 8)
         assert np.allclose(out["out"], 3.0)

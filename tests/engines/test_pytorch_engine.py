@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.engines.pytorch import TorchEngine
+from bench.engines.pytorch import TorchEngine, TorchOptions
 from bench.errors import ConfigError, EngineUnavailable, ModelError
 
 HAS_INTERPRETER = importlib.util.find_spec("bench.models.onnx_torch") is not None
@@ -102,11 +102,11 @@ def test_device_and_precision_are_checked(tmp_path):
     assert TorchEngine.unavailable_reason("cpu") is None
     assert "expected 'cpu' or 'cuda[:N]'" in TorchEngine.unavailable_reason("tpu")
     with pytest.raises(EngineUnavailable, match="fp16 runs on CUDA only"):
-        TorchEngine(tmp_path / "m.onnx", device="cpu", variant="fp16").activate()
+        TorchEngine(tmp_path / "m.onnx", device="cpu",
+                    options=TorchOptions(precision="fp16")).activate()
     with pytest.raises(ConfigError, match="'int8'"):
-        TorchEngine(tmp_path / "m.onnx", precision="int8").activate()
-    assert TorchEngine(tmp_path / "m.onnx", variant="fp16").precision == "fp16"
-    assert TorchEngine(tmp_path / "m.onnx", variant="int8-max").precision == "fp32"
+        TorchEngine(tmp_path / "m.onnx", options=TorchOptions(precision="int8")).activate()
+    assert TorchEngine(tmp_path / "m.onnx").precision == "fp32"
 
 
 def test_missing_or_broken_model_is_a_model_error(tmp_path):
