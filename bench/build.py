@@ -147,7 +147,7 @@ def quant_settings(ctx: BuildContext, method: str | None) -> dict[str, Any]:
 def _trt_onnx_kind(spec: VariantSpec) -> str:
     from bench.engines.trt import TrtEngine
 
-    return TrtEngine.artifact_kind(spec.name)
+    return TrtEngine.artifact_kind(spec.artifact, spec.calibrator)
 
 
 def tool_versions() -> dict[str, str]:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.engines.base import Engine
+from bench.engines.base import Batches, Engine
 from bench.environment import usable_cores
-from bench.errors import EngineUnavailable, ModelError
+from bench.errors import ModelError
+
+if TYPE_CHECKING:
+    from bench.config import BenchConfig
+    from bench.variants import VariantSpec
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -18,11 +24,18 @@ _PROVIDERS = {
 }
 
 
+@dataclass(frozen=True)
+class OrtOptions:
+    """threads: intra-op threads (None lets ONNX Runtime decide)."""
+
+    threads: int | None = None
+
+
 class OrtEngine(Engine):
     """Runs an ONNX file with onnxruntime.InferenceSession.
 
     device: "cpu", "cuda" or "tensorrt" (the execution provider, not our TensorRT engine).
-    options: threads (intra-op threads; None lets ORT decide).
+    options: OrtOptions.
 
     On the CPU, infer_streams() opens separate sessions of the same file for the accuracy
     pass: S streams of T // S threads each (T: the threads option, else the usable
@@ -36,6 +49,7 @@ class OrtEngine(Engine):
     MAX_STREAMS = 4
 
     name = "onnxruntime"
+    Options = OrtOptions
 
     @classmethod
     def unavailable_reason(cls, device: str = "cpu") -> str | None:
@@ -50,14 +64,19 @@ class OrtEngine(Engine):
             return f"onnxruntime has no {wanted} here (available: {ort.get_available_providers()})"
         return None
 
-    def _activate(self) -> None:
-        reason = self.unavailable_reason(self.device)
-        if reason:
-            raise EngineUnavailable(reason)
+    @classmethod
+    def from_config(cls, cfg: BenchConfig, spec: VariantSpec, artifact_path: Path, *,
+                    calibration: Batches | None = None, calibration_id: str = "",
+                    image_size: int | None = None, max_batch: int | None = None) -> OrtEngine:
+        return cls(artifact_path, device=cfg.device, options=OrtOptions(threads=cfg.threads))
 
-        if not self.model_path.is_file():
-            raise ModelError(f"model {self.model_path}: file not found")
-        threads = int(self.options["threads"]) if self.options.get("threads") else None
+    def runtime_version(self) -> str | None:
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+
+    def _activate(self) -> None:
+        threads = self.options.threads or None
         self._session = self._open(threads)
         self._streams: dict[tuple[int, int], list] = {}
         inputs = self._session.get_inputs()
@@ -93,7 +112,7 @@ class OrtEngine(Engine):
     def infer_streams(self, streams: int | None = None) -> list[Callable]:
         """S callables for the accuracy pass; see the class docstring. One stream, or a
         device other than the CPU, is infer() itself."""
-        cores = int(self.options["threads"]) if self.options.get("threads") else usable_cores()
+        cores = self.options.threads or usable_cores()
         count = min(cores, self.MAX_STREAMS) if streams is None else streams
         if count <= 1 or self.device != "cpu":
             return [self.infer]
@@ -122,7 +141,7 @@ class OrtEngine(Engine):
     def input_name(self) -> str:
         return self._input.name
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._session.run(self._output_names, {self._input.name: batch})
         return dict(zip(self._output_names, outputs))
 

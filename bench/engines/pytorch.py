@@ -9,33 +9,59 @@ before it returns and CUDA events time the forward pass for extra_info.
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.engines.base import Engine
+from bench.engines.base import Batches, Engine
 from bench.engines.gpu_time import gpu_time_summary
 from bench.errors import ConfigError, EngineUnavailable, ModelError
+
+if TYPE_CHECKING:
+    from bench.config import BenchConfig
+    from bench.variants import VariantSpec
 
 PRECISIONS = ("fp32", "fp16")
 
 
-class TorchEngine(Engine):
-    """Runs an ONNX model as a torch.nn.Module.
+@dataclass(frozen=True)
+class TorchOptions:
+    """precision: "fp32" | "fp16" (CUDA only); threads: torch.set_num_threads on the CPU
+    (process-wide), None for torch's choice."""
 
-    device: "cpu", "cuda" or "cuda:N". options:
-      precision  "fp32" | "fp16" (CUDA only); default "fp16" for variant "fp16", else "fp32"
-      variant    the variant name, used only for the precision default
-      threads    torch.set_num_threads on CPU (process-wide), default torch's choice
-    """
+    precision: str = "fp32"
+    threads: int | None = None
+
+
+class TorchEngine(Engine):
+    """Runs an ONNX model as a torch.nn.Module on "cpu", "cuda" or "cuda:N"."""
 
     name = "torch"
+    Options = TorchOptions
 
-    def __init__(self, model_path: Any, *, device: str = "cpu", **options: Any):
-        super().__init__(model_path, device=device, **options)
-        default = "fp16" if options.get("variant") == "fp16" else "fp32"
-        self.precision = str(options.get("precision", default))
+    def __init__(self, model_path: Any, *, device: str = "cpu",
+                 options: TorchOptions | None = None):
+        super().__init__(model_path, device=device, options=options)
+        self.precision = self.options.precision
         self._gpu_ms: list[float] = []
+
+    @classmethod
+    def from_config(cls, cfg: BenchConfig, spec: VariantSpec, artifact_path: Path, *,
+                    calibration: Batches | None = None, calibration_id: str = "",
+                    image_size: int | None = None, max_batch: int | None = None) -> TorchEngine:
+        precision = "fp16" if spec.artifact == "fp16" else "fp32"
+        return cls(artifact_path, device=cfg.device,
+                   options=TorchOptions(precision=precision, threads=cfg.threads))
+
+    @classmethod
+    def skip_reason(cls, cfg: BenchConfig, spec: VariantSpec) -> str | None:
+        if spec.artifact not in ("fp32", "fp16"):
+            return f"the torch reference engine runs fp32 and fp16 only, not {spec.name}"
+        if spec.artifact == "fp16" and cfg.device == "cpu":
+            return "fp16 on the torch CPU engine is not a deployment path; use --device cuda"
+        return None
 
     @classmethod
     def unavailable_reason(cls, device: str = "cpu") -> str | None:
@@ -54,15 +80,18 @@ class TorchEngine(Engine):
             return f"torch sees {torch.cuda.device_count()} CUDA device(s); no {device}"
         return None
 
+    def activate(self) -> TorchEngine:
+        if not self.active and self.unavailable_reason(self.device) is None:
+            self._check_precision()  # before the model is read: a config error says so first
+        super().activate()
+        return self
+
     def _activate(self) -> None:
-        reason = self.unavailable_reason(self.device)
-        if reason:
-            raise EngineUnavailable(reason)
         self._check_precision()
         import torch
 
-        if self.options.get("threads") and self.device == "cpu":
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads and self.device == "cpu":
+            torch.set_num_threads(int(self.options.threads))
         self._torch = torch
         self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
         module = self._load_module().to(self.device).eval()
@@ -72,6 +101,8 @@ class TorchEngine(Engine):
         if self._cuda:
             self._events = (torch.cuda.Event(enable_timing=True),
                             torch.cuda.Event(enable_timing=True))
+            # Events record on a stream of the engine's device, not the current device's.
+            self._stream = torch.cuda.current_stream(torch.device(self.device))
 
     def _check_precision(self) -> None:
         if self.precision not in PRECISIONS:
@@ -83,8 +114,6 @@ class TorchEngine(Engine):
     def _load_module(self) -> Any:
         import onnx
 
-        if not self.model_path.is_file():
-            raise ModelError(f"model {self.model_path}: file not found")
         try:
             proto = onnx.load(str(self.model_path))
         except Exception as exc:  # onnx raises DecodeError and friends
@@ -101,7 +130,7 @@ class TorchEngine(Engine):
         if getattr(self, "_cuda", False):
             self._torch.cuda.empty_cache()
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch))
@@ -114,9 +143,10 @@ class TorchEngine(Engine):
         if not self._cuda:
             return tuple(self._module(images))
         start, end = self._events
-        start.record()
-        outputs = tuple(self._module(images))
-        end.record()
+        with self._torch.cuda.device(self._stream.device):
+            start.record(self._stream)
+            outputs = tuple(self._module(images))
+            end.record(self._stream)
         # Synchronise before returning, or the caller times a launch, not an inference.
         self._torch.cuda.synchronize(self.device)
         self._gpu_ms.append(start.elapsed_time(end))
@@ -130,13 +160,25 @@ class TorchEngine(Engine):
         """Forget the GPU times so far (e.g. between the accuracy and the latency pass)."""
         self._gpu_ms = []
 
+    def runtime_version(self) -> str | None:
+        import torch
+
+        return str(torch.__version__)
+
+    def device_name(self) -> str | None:
+        if not str(self.device).startswith("cuda"):
+            return None
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(self.device)))
+
     def extra_info(self) -> dict[str, Any]:
         if not self.active:
             return {}
         info = {"torch_version": self._torch.__version__, "precision": self.precision,
                 "device": self.device}
         if self._cuda:
-            info["gpu"] = self._torch.cuda.get_device_name(self.device)
+            info["gpu"] = self.device_name()
         return {**info, **gpu_time_summary(self._gpu_ms)}
 
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bench.atomic import atomic_write_bytes
 from bench.cache import file_sha256
-from bench.engines.base import Engine
+from bench.engines.base import Batches, Engine
 from bench.engines.cuda_buffers import CudaBackend, cuda_unavailable_reason, load_cuda_backend
 from bench.engines.gpu_time import gpu_time_summary
-from bench.engines.trt_build import build_engine_plan, make_calibrator
+from bench.engines.trt_build import build_engine_plan
 from bench.engines.trt_cache import (
     EngineIdentity,
-    atomic_write_bytes,
     engine_cache_dir,
     load_cached_engine,
     read_timing_cache,
@@ -30,13 +30,18 @@ from bench.engines.trt_cache import (
     timing_cache_path,
 )
 from bench.engines.trt_settings import (
+    DEFAULT_IMAGE_SIZE,
     BuilderSettings,
     builder_settings,
-    deprecation_note,
+    deprecation_notes,
     parse_trt_version,
     profile_shapes,
 )
 from bench.errors import BenchError, ConfigError, EngineUnavailable, InputDataError, ModelError
+
+if TYPE_CHECKING:
+    from bench.config import BenchConfig
+    from bench.variants import VariantSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,7 @@ def tensorrt_unavailable_reason() -> str | None:
     except Exception as exc:  # e.g. OSError: libnvinfer.so missing behind the wheel
         return f"tensorrt cannot be imported ({_first_line(exc)})"
     try:
-        builder_settings("fp32", trt.__version__)
+        builder_settings("fp32", trt.__version__)  # the version check
     except BenchError as exc:
         return str(exc)
     return None
@@ -92,31 +97,74 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class TrtEngine(Engine):
-    """Runs an ONNX model as a TensorRT engine on one CUDA device.
+@dataclass(frozen=True)
+class TrtOptions:
+    """What the TensorRT engine builds and how.
 
-    device: "cuda" or "cuda:N". options:
-      variant        fp32 | fp16 | int8-<method> (a Q/DQ ONNX) | trt-entropy2 | trt-minmax
-      batch          the batch the engine is tuned for (profile opt), default 1
-      max_batch      the largest batch a dynamic-batch engine accepts, default batch
-      image_size     H and W where the ONNX input has dynamic ones, default 640
-      workspace_mib  builder workspace pool, default 1024
-      cache_dir      the folder engines are kept in; default <root>/engines with root
-                     $BENCH_CACHE_DIR, else $XDG_CACHE_HOME/bench, else ~/.cache/bench
-      rebuild        ignore a cached engine, default False
-      calibration    iterable of NCHW float32 batches, for trt-entropy2 / trt-minmax
-      calibration_id a string naming that calibration set (part of the cache key)
-      cuda_backend   "pycuda" | "cuda-python"; default the first installed
-      verbose        TensorRT's VERBOSE log, default False
+    kind           the artifact kind: fp32 | fp16 | qdq | trt-implicit
+    calibrator     the implicit calibrator of a trt-implicit kind: entropy2 | minmax
+    batch          the batch the engine is tuned for (profile OPT)
+    max_batch      the largest batch a dynamic-batch engine accepts; None: batch
+    image_size     H and W where the ONNX input has dynamic ones
+    workspace_mib  builder workspace pool
+    cache_dir      the folder engines are kept in; None: <root>/engines with root
+                   $BENCH_CACHE_DIR, else $XDG_CACHE_HOME/bench, else ~/.cache/bench
+    rebuild        ignore a cached engine
+    calibration    NCHW float32 batches for trt-implicit (regrouped to the OPT shape)
+    calibration_id a string naming that calibration set (part of the cache key)
+    cuda_backend   "pycuda" | "cuda-python"; None: the first installed
+    verbose        TensorRT's VERBOSE log
     """
 
-    name = "tensorrt"
+    kind: str = "fp32"
+    calibrator: str | None = None
+    batch: int = 1
+    max_batch: int | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    workspace_mib: int = 1024
+    cache_dir: Path | None = None
+    rebuild: bool = False
+    calibration: Batches | None = field(default=None, compare=False, repr=False)
+    calibration_id: str = ""
+    cuda_backend: str | None = None
+    verbose: bool = False
 
-    def __init__(self, model_path: Any, *, device: str = "cuda", **options: Any):
-        super().__init__(model_path, device=device, **options)
-        self.variant = str(options.get("variant", "fp32"))
+
+class TrtEngine(Engine):
+    """Runs an ONNX model as a TensorRT engine on one CUDA device ("cuda" or "cuda:N")."""
+
+    name = "tensorrt"
+    Options = TrtOptions
+
+    def __init__(self, model_path: Any, *, device: str = "cuda",
+                 options: TrtOptions | None = None):
+        super().__init__(model_path, device=device, options=options)
         self._gpu_ms: list[float] = []
         self._info: dict[str, Any] = {}
+        self._cuda: CudaBackend | None = None
+
+    @classmethod
+    def from_config(cls, cfg: BenchConfig, spec: VariantSpec, artifact_path: Path, *,
+                    calibration: Batches | None = None, calibration_id: str = "",
+                    image_size: int | None = None, max_batch: int | None = None) -> TrtEngine:
+        implicit = spec.artifact == "trt-implicit"
+        options = TrtOptions(
+            kind=spec.artifact, calibrator=spec.calibrator if implicit else None,
+            batch=cfg.batch, max_batch=max(cfg.batch, max_batch or cfg.batch),
+            image_size=image_size or DEFAULT_IMAGE_SIZE,
+            cache_dir=Path(cfg.cache_dir) / "engines",
+            calibration=calibration if implicit else None,
+            calibration_id=calibration_id if implicit else "")
+        return cls(artifact_path, device=cls.device_for(cfg), options=options)
+
+    @classmethod
+    def device_for(cls, cfg: BenchConfig) -> str:
+        return cfg.device if str(cfg.device).startswith("cuda") else "cuda"
+
+    @classmethod
+    def skip_reason(cls, cfg: BenchConfig, spec: VariantSpec) -> str | None:
+        calibrator = spec.calibrator if spec.artifact == "trt-implicit" else None
+        return cls.kind_unavailable_reason(spec.artifact, calibrator)
 
     @classmethod
     def unavailable_reason(cls, device: str = "cuda") -> str | None:
@@ -129,49 +177,58 @@ class TrtEngine(Engine):
         return cuda_unavailable_reason(index)
 
     @classmethod
-    def artifact_kind(cls, variant: str) -> str:
-        """Which ONNX the installed TensorRT builds variant from: 'fp32', 'fp16' or 'qdq'.
+    def artifact_kind(cls, kind: str, calibrator: str | None = None) -> str:
+        """Which ONNX the installed TensorRT builds an artifact kind from: 'fp32', 'fp16'
+        or 'qdq' ('fp16' only on TensorRT 11+, which has no FP16 builder flag).
 
-        'fp16' only on TensorRT 11+, which has no FP16 builder flag. EngineUnavailable
-        when TensorRT is missing or cannot build the variant.
+        EngineUnavailable when TensorRT is missing or cannot build the kind.
         """
-        reason = cls.variant_unavailable_reason(variant)
+        reason = cls.kind_unavailable_reason(kind, calibrator)
         if reason:
             raise EngineUnavailable(reason)
         import tensorrt as trt
 
-        return builder_settings(variant, trt.__version__).onnx
+        return builder_settings(kind, trt.__version__, calibrator=calibrator).onnx
 
     @classmethod
-    def variant_unavailable_reason(cls, variant: str) -> str | None:
-        """Why the installed TensorRT cannot build variant (e.g. trt-entropy2 on 11)."""
+    def kind_unavailable_reason(cls, kind: str, calibrator: str | None = None) -> str | None:
+        """Why the installed TensorRT cannot build an artifact kind (e.g. trt-implicit on
+        11), or None."""
         reason = tensorrt_unavailable_reason()
         if reason:
             return reason
         import tensorrt as trt
 
         try:
-            builder_settings(variant, trt.__version__)
+            builder_settings(kind, trt.__version__, calibrator=calibrator)
         except BenchError as exc:
             return str(exc)
         return None
 
+    def runtime_version(self) -> str | None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            return None
+        return str(trt.__version__)
+
+    def device_name(self) -> str | None:
+        return self._info.get("gpu")
+
     # -- lifecycle -------------------------------------------------------------------
 
     def _activate(self) -> None:
-        reason = self.unavailable_reason(self.device)
-        if reason:
-            raise EngineUnavailable(reason)
         import tensorrt as trt
 
         self._trt = trt
-        self._logger = trt.Logger(trt.Logger.VERBOSE if self.options.get("verbose")
+        self._logger = trt.Logger(trt.Logger.VERBOSE if self.options.verbose
                                   else trt.Logger.WARNING)
-        self._cuda: CudaBackend = load_cuda_backend(parse_cuda_device(self.device) or 0,
-                                                    self.options.get("cuda_backend"))
+        self._cuda = load_cuda_backend(parse_cuda_device(self.device) or 0,
+                                       self.options.cuda_backend)
         self._buffers: dict[str, Any] = {}
         try:
-            self._open()
+            with self._cuda.activation():
+                self._open()
         except BaseException:
             self._release()
             raise
@@ -180,23 +237,23 @@ class TrtEngine(Engine):
         self._release()
 
     def _release(self) -> None:
-        cuda = getattr(self, "_cuda", None)
+        cuda = self._cuda
         if cuda is None:
             return
-        self._free_buffers()
-        # A context must go before its engine, an engine before its runtime.
-        self._context = self._engine = self._runtime = None
-        cuda.close()
+        with cuda.activation():
+            self._free_buffers()
+            # A context must go before its engine, an engine before its runtime.
+            self._context = self._engine = self._runtime = None
+            self._start = self._end = None
+            cuda.close()
         self._cuda = None
 
     def _open(self) -> None:
-        if not self.model_path.is_file():
-            raise ModelError(f"model {self.model_path}: file not found")
         self._settings = self._builder_settings(self._trt.__version__)
         gpu, capability = self._cuda.device_info()
-        identity = EngineIdentity(file_sha256(self.model_path), self.variant,
+        identity = EngineIdentity(file_sha256(self.model_path), self._settings.kind,
                                   self._trt.__version__, gpu, capability, self._settings,
-                                  str(self.options.get("calibration_id", "")))
+                                  self.options.calibration_id)
         self._runtime = self._trt.Runtime(self._logger)
         self._engine = self._load_engine(identity)
         self._context = self._engine.create_execution_context()
@@ -208,18 +265,17 @@ class TrtEngine(Engine):
 
     def _builder_settings(self, trt_version: str) -> BuilderSettings:
         opts = self.options
-        return builder_settings(self.variant, trt_version, batch=int(opts.get("batch", 1)),
-                                max_batch=opts.get("max_batch"),
-                                workspace_bytes=int(opts.get("workspace_mib", 1024)) << 20,
-                                image_size=int(opts.get("image_size", 640)))
+        return builder_settings(opts.kind, trt_version, calibrator=opts.calibrator,
+                                batch=opts.batch, max_batch=opts.max_batch,
+                                workspace_bytes=int(opts.workspace_mib) << 20,
+                                image_size=opts.image_size)
 
     # -- the engine: cached or built -------------------------------------------------
 
     def _load_engine(self, identity: EngineIdentity) -> Any:
-        given = self.options.get("cache_dir")
-        cache_dir = Path(given) if given else engine_cache_dir()
+        cache_dir = Path(self.options.cache_dir) if self.options.cache_dir else engine_cache_dir()
         lookup = load_cached_engine(cache_dir, identity)
-        if lookup.hit and not self.options.get("rebuild"):
+        if lookup.hit and not self.options.rebuild:
             engine = self._runtime.deserialize_cuda_engine(lookup.plan)
             if engine is not None:
                 self._info_cache = {"engine_cache": "hit", "engine_bytes": len(lookup.plan)}
@@ -234,22 +290,22 @@ class TrtEngine(Engine):
                              f"deserialize ({identity.key})")
         return engine
 
-    def _build(self, cache_dir: Any, identity: EngineIdentity) -> bytes:
+    def _build(self, cache_dir: Path, identity: EngineIdentity) -> bytes:
         self._check_artifact(identity.settings)
         timing = timing_cache_path(cache_dir, identity.trt_version, identity.gpu_name,
                                    identity.compute_capability)
-        calibrator = self._calibrator(identity.settings)
-        try:
-            result = build_engine_plan(self._trt, self._logger, self.model_path,
-                                       identity.settings, timing_cache=read_timing_cache(timing),
-                                       calibrator=calibrator)
-        finally:
-            if calibrator is not None:
-                calibrator.feed.close()
-        atomic_write_bytes(timing, result.timing_cache)
+        calibration = self.options.calibration
+        result = build_engine_plan(self._trt, self._logger, self.model_path, identity.settings,
+                                   timing_cache=read_timing_cache(timing),
+                                   calibration=calibration() if calibration else None,
+                                   cuda=self._cuda)
+        if result.timing_cache is not None:  # replaces a refused or unreadable file too
+            atomic_write_bytes(timing, result.timing_cache)
         store_engine(cache_dir, identity, result.plan, result.build_s)
         self._info_cache = {"engine_cache": "built", "engine_build_s": round(result.build_s, 3),
-                            "engine_bytes": len(result.plan)}
+                            "engine_bytes": len(result.plan),
+                            "timing_cache": result.timing_cache_status,
+                            **(result.calibration or {})}
         return result.plan
 
     def _check_artifact(self, settings: BuilderSettings) -> None:
@@ -262,16 +318,8 @@ class TrtEngine(Engine):
                              f"({_first_line(exc)})") from None
         mismatch = onnx_kind_mismatch(model, settings.onnx)
         if mismatch:
-            raise ConfigError(f"tensorrt variant {settings.variant}: model "
+            raise ConfigError(f"tensorrt artifact kind {settings.kind}: model "
                               f"{self.model_path.name} {mismatch}")
-
-    def _calibrator(self, settings: BuilderSettings) -> Any:
-        if not settings.needs_calibrator:
-            return None
-        batches = self.options.get("calibration")
-        if batches is None:
-            return None  # build_engine_plan raises the InputDataError that names the option
-        return make_calibrator(self._trt, settings.calibrator, batches, self._cuda)
 
     # -- buffers and inference -------------------------------------------------------
 
@@ -281,7 +329,9 @@ class TrtEngine(Engine):
         if not self._context.set_input_shape(self._input.name, tuple(shape)):
             raise InputDataError(f"tensorrt input {self._input.name!r}: shape {tuple(shape)} "
                                  f"is outside the engine's profile (engine shape "
-                                 f"{self._input.shape})")
+                                 f"{self._input.shape}; built for batch <= "
+                                 f"{self._settings.max_batch}, image size "
+                                 f"{self._settings.image_size})")
         for spec in self._io:
             dims = tuple(self._context.get_tensor_shape(spec.name))
             if any(d < 0 for d in dims):
@@ -289,7 +339,8 @@ class TrtEngine(Engine):
                                  f"{dims}; not supported")
             host = self._cuda.pinned(dims, spec.dtype)
             device = self._cuda.alloc(host.nbytes)
-            self._context.set_tensor_address(spec.name, device.ptr)
+            if self._context.set_tensor_address(spec.name, device.ptr) is False:
+                raise ModelError(f"tensorrt tensor {spec.name!r}: set_tensor_address refused")
             self._buffers[spec.name] = (host, device)
         self._bound_shape = tuple(shape)
 
@@ -298,8 +349,11 @@ class TrtEngine(Engine):
             self._cuda.free(device)
         self._buffers = {}
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        batch = np.asarray(batch)
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._cuda.activation():
+            return self._run(np.asarray(batch))
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if batch.shape != self._bound_shape:
             self._bind(batch.shape)
         host, device = self._buffers[self._input.name]
@@ -308,7 +362,8 @@ class TrtEngine(Engine):
         cuda.to_device(device, host)
         cuda.record(self._start)
         if not self._context.execute_async_v3(cuda.stream_handle):
-            raise ModelError(f"model {self.model_path.name}: TensorRT execute_async_v3 failed")
+            raise ModelError(f"model {self.model_path.name}: TensorRT execute_async_v3 failed "
+                             f"(input shape {tuple(batch.shape)})")
         cuda.record(self._end)
         outputs = [spec.name for spec in self._io if not spec.is_input]
         for name in outputs:
@@ -359,9 +414,9 @@ def initial_input_shape(engine_shape: tuple[int, ...], settings: BuilderSettings
 def _static_info(trt_version: str, settings: BuilderSettings, identity: EngineIdentity,
                  cuda: CudaBackend) -> dict[str, Any]:
     info = {"trt_version": trt_version, "trt_major": parse_trt_version(trt_version).major,
-            "variant": settings.variant, "builder_flags": list(settings.builder_flags),
+            "kind": settings.kind, "builder_flags": list(settings.builder_flags),
             "strongly_typed": settings.strongly_typed, "calibrator": settings.calibrator,
             "engine_key": identity.key, "gpu": identity.gpu_name,
             "compute_capability": identity.compute_capability, "cuda_backend": cuda.name}
-    note = deprecation_note(settings)
-    return {**info, "deprecation": note} if note else info
+    notes = deprecation_notes(settings, trt_version)
+    return {**info, "deprecation": "; ".join(notes)} if notes else info

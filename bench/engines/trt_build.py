@@ -3,12 +3,12 @@
 Every decision (flags, typing, profile shapes) is made in trt_settings; this module only
 applies it through the documented Python API: Builder, create_network, OnnxParser,
 IBuilderConfig (set_flag, set_memory_pool_limit, timing cache, optimization profile,
-int8_calibrator) and build_serialized_network.
+int8_calibrator and set_calibration_profile, which only TensorRT < 11 has) and
+build_serialized_network.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,33 +19,58 @@ import numpy as np
 
 from bench.engines.cuda_buffers import CudaBackend
 from bench.engines.trt_settings import BuilderSettings, profile_shapes
-from bench.errors import EngineUnavailable, InputDataError, ModelError
+from bench.errors import BenchError, EngineUnavailable, InputDataError, ModelError
 
 
 @dataclass(frozen=True)
 class BuildResult:
+    """plan: the serialized engine; timing_cache: the cache to store (None when TensorRT
+    kept none); timing_cache_status: loaded | empty | refused | unreadable (what became of
+    the stored one); calibration: what the implicit calibrator read, where one ran."""
+
     plan: bytes
-    timing_cache: bytes
+    timing_cache: bytes | None
     build_s: float
+    timing_cache_status: str = "empty"
+    calibration: dict[str, Any] | None = None
 
 
 def build_engine_plan(trt: Any, logger: Any, onnx_path: Path, settings: BuilderSettings, *,
-                      timing_cache: bytes = b"", calibrator: Any = None) -> BuildResult:
-    """Parse onnx_path and build it with settings; ModelError when TensorRT refuses."""
+                      timing_cache: bytes = b"",
+                      calibration: Iterable[np.ndarray] | None = None,
+                      cuda: CudaBackend | None = None) -> BuildResult:
+    """Parse onnx_path and build it with settings; ModelError when TensorRT refuses.
+
+    calibration: NCHW float32 batches for an implicit calibrator (trt-implicit kinds);
+    they are re-batched to the profile's OPT shape, the shape TensorRT calibrates at.
+    An error while feeding them is raised here after the build, not swallowed.
+    """
     start = time.perf_counter()
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, settings))
     parser = trt.OnnxParser(network, logger)
     _parse(parser, onnx_path)
-    config = _configure(trt, builder, network, settings, timing_cache, calibrator)
-    plan = builder.build_serialized_network(network, config)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    for name in settings.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    status = _use_timing_cache(config, timing_cache)
+    profile, opt_shape = _add_profile(builder, config, network, settings)
+    feed = _attach_calibrator(trt, config, profile, opt_shape, settings, calibration, cuda)
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        if feed is not None:
+            feed.close()
+    if feed is not None and feed.error is not None:
+        raise feed.error
     if plan is None:
-        raise ModelError(f"model {onnx_path}: TensorRT could not build the {settings.variant} "
+        raise ModelError(f"model {onnx_path}: TensorRT could not build the {settings.kind} "
                          "engine (see the TensorRT log above)")
-    cache = bytes(config.get_timing_cache().serialize())
-    return BuildResult(bytes(plan), cache, time.perf_counter() - start)
-
-
+    cache = config.get_timing_cache()
+    blob = bytes(cache.serialize()) if cache is not None else None
+    return BuildResult(bytes(plan), blob, time.perf_counter() - start, status,
+                       feed.summary() if feed is not None else None)
 def network_flags(trt: Any, settings: BuilderSettings) -> int:
     flags = 0
     for name in settings.network_flags:
@@ -63,84 +88,136 @@ def _parse(parser: Any, onnx_path: Path) -> None:
                      f"({len(errors)} error(s); first: {first})")
 
 
-def _configure(trt: Any, builder: Any, network: Any, settings: BuilderSettings,
-               timing_cache: bytes, calibrator: Any) -> Any:
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
-    for name in settings.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    config.set_timing_cache(_timing_cache(config, timing_cache), False)
-    profile = _add_profile(builder, config, network, settings)
-    if settings.needs_calibrator:
-        if calibrator is None:
-            raise InputDataError(f"tensorrt variant {settings.variant}: needs calibration "
-                                 "batches (option calibration); none were given")
-        config.int8_calibrator = calibrator
-        if profile is not None:
-            config.set_calibration_profile(profile)
-    return config
+def _use_timing_cache(config: Any, data: bytes) -> str:
+    """Give the config the stored timing cache, or a fresh one when TensorRT refuses it.
 
-
-def _timing_cache(config: Any, data: bytes) -> Any:
-    # A stored cache that TensorRT cannot read only costs build time: start an empty one.
+    A cache from another device or TensorRT version makes set_timing_cache return False
+    (and get_timing_cache None afterwards); a corrupt blob gives no cache at all. Either
+    way the build starts from an empty cache, which then replaces the stored file.
+    """
+    status = "loaded" if data else "empty"
     try:
-        cache = config.create_timing_cache(data)
+        cache = config.create_timing_cache(data) if data else None
     except Exception:  # TensorRT raises its own error types for a corrupt blob
         cache = None
-    return cache if cache is not None else config.create_timing_cache(b"")
+    if data and cache is None:
+        status = "unreadable"
+    elif cache is not None and not config.set_timing_cache(cache, False):
+        status, cache = "refused", None
+    if cache is None:
+        fresh = config.create_timing_cache(b"")
+        if fresh is None or not config.set_timing_cache(fresh, False):
+            return f"{status}; none used"
+    return status
 
 
-def _add_profile(builder: Any, config: Any, network: Any, settings: BuilderSettings) -> Any:
+def _add_profile(builder: Any, config: Any, network: Any,
+                 settings: BuilderSettings) -> tuple[Any, tuple[int, ...]]:
+    """The optimization profile (None for a static input) and the OPT input shape."""
     if network.num_inputs != 1:
         raise ModelError(f"tensorrt network has {network.num_inputs} inputs; "
                          "expected 1 image input")
     tensor = network.get_input(0)
     shapes = profile_shapes(tuple(tensor.shape), settings)
     if shapes is None:
-        return None
+        return None, tuple(int(d) for d in tensor.shape)
     profile = builder.create_optimization_profile()
     profile.set_shape(tensor.name, *shapes)
-    config.add_optimization_profile(profile)
-    return profile
+    if config.add_optimization_profile(profile) < 0:
+        raise ModelError(f"tensorrt input {tensor.name!r}: TensorRT refused the profile "
+                         f"min/opt/max {shapes}")
+    return profile, tuple(shapes[1])
+
+
+def _attach_calibrator(trt: Any, config: Any, profile: Any, opt_shape: tuple[int, ...],
+                       settings: BuilderSettings, calibration: Iterable[np.ndarray] | None,
+                       cuda: CudaBackend | None) -> _CalibrationFeed | None:
+    if not settings.needs_calibrator:
+        return None
+    if calibration is None or cuda is None:
+        raise InputDataError(f"tensorrt {settings.kind} ({settings.calibrator}): needs "
+                             "calibration batches (option calibration); none were given")
+    calibrator = make_calibrator(trt, settings.calibrator, calibration, cuda, opt_shape)
+    config.int8_calibrator = calibrator
+    if profile is not None:
+        config.set_calibration_profile(profile)
+    return calibrator.feed
 
 
 def make_calibrator(trt: Any, class_name: str, batches: Iterable[np.ndarray],
-                    cuda: CudaBackend) -> Any:
+                    cuda: CudaBackend, shape: tuple[int, ...]) -> Any:
     """An instance of TensorRT's implicit calibrator class_name fed from batches.
 
-    batches: NCHW float32 arrays of one shape (preprocessed calibration images). No
+    shape: the NCHW shape TensorRT calibrates at (the profile's OPT shape); the images of
+    batches (NCHW arrays of any batch size, C/H/W as in shape) are regrouped into batches
+    of exactly that shape, and a remainder short of one batch is left out. No
     calibration cache is kept: the built engine itself is cached.
     """
     base = getattr(trt, class_name, None)
     if base is None:
         raise EngineUnavailable(f"tensorrt {trt.__version__} has no {class_name}")
-    iterator = iter(batches)
-    first = next(iterator, None)
-    if first is None:
-        raise InputDataError(f"tensorrt calibrator {class_name}: the calibration set is empty")
-    feed = _CalibrationFeed(itertools.chain([first], iterator), first.shape, cuda)
-    return _calibrator_class(base)(feed)
+    return _calibrator_class(base)(_CalibrationFeed(batches, tuple(shape), cuda))
 
 
 class _CalibrationFeed:
-    """Copies each calibration batch into one device buffer and hands out its address."""
+    """Regroups calibration images into OPT-shape batches in one device buffer.
 
-    def __init__(self, batches: Iterable[np.ndarray], shape: tuple, cuda: CudaBackend):
-        self.batches, self.shape, self.cuda = iter(batches), tuple(shape), cuda
-        self.host = cuda.pinned(self.shape, np.float32)
+    next_pointer() never raises: an error is kept in .error (the binding would swallow
+    it and read it as "no more batches") and raised by build_engine_plan after the build.
+    """
+
+    def __init__(self, batches: Iterable[np.ndarray], shape: tuple[int, ...],
+                 cuda: CudaBackend):
+        self.batches, self.shape, self.cuda = iter(batches), shape, cuda
+        self.host = cuda.pinned(shape, np.float32)
         self.device = cuda.alloc(self.host.nbytes)
+        self.pending: list[np.ndarray] = []
+        self.fed = self.images = 0
+        self.error: BaseException | None = None
 
     def next_pointer(self) -> int | None:
-        batch = next(self.batches, None)
+        if self.error is not None:
+            return None
+        try:
+            batch = self._next_batch()
+        except Exception as exc:  # kept for build_engine_plan to raise
+            self.error = exc if isinstance(exc, BenchError) else InputDataError(
+                f"tensorrt calibration batch {self.fed + 1}: {type(exc).__name__}: {exc}")
+            return None
         if batch is None:
             return None
-        if tuple(batch.shape) != self.shape:
-            raise InputDataError(f"tensorrt calibration batch has shape {tuple(batch.shape)}; "
-                                 f"expected {self.shape} like the first one")
         np.copyto(self.host, batch, casting="same_kind")
         self.cuda.to_device(self.device, self.host)
         self.cuda.synchronize()
+        self.fed += 1
         return self.device.ptr
+
+    def _next_batch(self) -> np.ndarray | None:
+        want = self.shape[0]
+        while sum(len(b) for b in self.pending) < want:
+            batch = next(self.batches, None)
+            if batch is None:
+                if self.fed == 0:
+                    raise InputDataError(
+                        f"tensorrt calibration set has {self.images} image(s); TensorRT "
+                        f"calibrates at the profile's OPT shape {self.shape}, so it needs "
+                        f"at least {want}")
+                return None
+            batch = np.asarray(batch)
+            if batch.ndim != 4 or tuple(batch.shape[1:]) != self.shape[1:]:
+                raise InputDataError(f"tensorrt calibration batch has shape "
+                                     f"{tuple(batch.shape)}; expected (N, "
+                                     f"{', '.join(map(str, self.shape[1:]))}) to match the "
+                                     f"OPT shape {self.shape}")
+            self.images += len(batch)
+            self.pending.append(batch)
+        stacked = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = [stacked[want:]] if len(stacked) > want else []
+        return stacked[:want]
+
+    def summary(self) -> dict[str, Any]:
+        return {"calibration_shape": list(self.shape), "calibration_batches": self.fed,
+                "calibration_images_read": self.images}
 
     def close(self) -> None:
         self.cuda.free(self.device)
@@ -153,6 +230,8 @@ def _calibrator_class(base: type) -> type:
             self.feed = feed
 
         def get_batch_size(self) -> int:
+            # Ignored for explicit-batch networks (TensorRT uses the OPT shape), but kept
+            # equal to it.
             return int(self.feed.shape[0])
 
         def get_batch(self, names: list[str]) -> list[int] | None:

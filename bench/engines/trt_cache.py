@@ -19,15 +19,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import atomic_write_bytes
 from bench.engines.trt_settings import BuilderSettings
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: keyed by artifact kind, not variant name
 
 
 def engine_cache_dir(root: str | Path | None = None) -> Path:
@@ -41,23 +41,23 @@ def _xdg_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
-def engine_cache_key(model_sha256: str, variant: str, trt_version: str, gpu_name: str,
+def engine_cache_key(model_sha256: str, kind: str, trt_version: str, gpu_name: str,
                      compute_capability: str, settings: BuilderSettings, *,
                      calibration_id: str = "") -> str:
     """A file-name-safe key that changes with every field and is stable otherwise."""
-    fields = _identity_fields(model_sha256, variant, trt_version, gpu_name,
+    fields = _identity_fields(model_sha256, kind, trt_version, gpu_name,
                               compute_capability, settings, calibration_id)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
-    return f"{_slug(variant)}-trt{_slug(trt_version)}-{digest}"
+    return f"{_slug(kind)}-trt{_slug(trt_version)}-{digest}"
 
 
-def _identity_fields(model_sha256: str, variant: str, trt_version: str, gpu_name: str,
+def _identity_fields(model_sha256: str, kind: str, trt_version: str, gpu_name: str,
                      compute_capability: str, settings: BuilderSettings,
                      calibration_id: str) -> dict[str, Any]:
     # Through JSON once, so that tuples compare equal to what a sidecar reads back (lists).
     settings_json = json.loads(json.dumps(settings.as_dict()))
-    return {"schema": CACHE_SCHEMA, "model_sha256": model_sha256, "variant": variant,
+    return {"schema": CACHE_SCHEMA, "model_sha256": model_sha256, "kind": kind,
             "trt_version": trt_version, "gpu_name": gpu_name,
             "compute_capability": str(compute_capability), "settings": settings_json,
             "calibration_id": calibration_id}
@@ -72,7 +72,7 @@ class EngineIdentity:
     """What an engine was (or is to be) built from; the sidecar records exactly this."""
 
     model_sha256: str
-    variant: str
+    kind: str
     trt_version: str
     gpu_name: str
     compute_capability: str
@@ -81,12 +81,12 @@ class EngineIdentity:
 
     @property
     def key(self) -> str:
-        return engine_cache_key(self.model_sha256, self.variant, self.trt_version,
+        return engine_cache_key(self.model_sha256, self.kind, self.trt_version,
                                 self.gpu_name, self.compute_capability, self.settings,
                                 calibration_id=self.calibration_id)
 
     def fields(self) -> dict[str, Any]:
-        return _identity_fields(self.model_sha256, self.variant, self.trt_version,
+        return _identity_fields(self.model_sha256, self.kind, self.trt_version,
                                 self.gpu_name, self.compute_capability, self.settings,
                                 self.calibration_id)
 
@@ -166,20 +166,6 @@ def read_timing_cache(path: Path) -> bytes:
         return Path(path).read_bytes()
     except OSError:
         return b""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace: readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(data: bytes) -> str:

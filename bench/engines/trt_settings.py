@@ -1,4 +1,4 @@
-"""What TensorRT is asked to build, per variant and per TensorRT version.
+"""What TensorRT is asked to build, per artifact kind and per TensorRT version.
 
 Pure logic, no TensorRT import, so that it is unit-tested on any machine. The rules come
 from NVIDIA's documentation:
@@ -7,7 +7,8 @@ from NVIDIA's documentation:
   builder flags (weak typing); a Q/DQ network is explicitly quantized, and its INT8
   kernels are enabled by BuilderFlag.INT8.
 - 10.x: EXPLICIT_BATCH is deprecated and ignored (networks are always explicit batch);
-  builder flags as in 8.6; the implicit calibrators are deprecated since 10.1.
+  builder flags as in 8.6; the implicit calibrators are deprecated since 10.1, and the
+  precision flags (weak typing) since 10.12 (precision_flag_note says so in the report).
 - 11.x: networks are always strongly typed; BuilderFlag.FP16 / INT8 and the implicit
   calibrators (IInt8EntropyCalibrator2, IInt8MinMaxCalibrator) were removed. FP16 must come
   from an FP16 ONNX, INT8 from Q/DQ nodes.
@@ -25,12 +26,16 @@ from typing import Any
 
 from bench.errors import ConfigError, EngineUnavailable
 
-QDQ_VARIANTS = ("int8-max", "int8-entropy", "int8-percentile", "int8-mse", "int8-qat")
+# Engines see an artifact kind, never a variant name: a new calibrator's int8-<name>
+# variant is a "qdq" artifact and builds here with no list to update.
+
+# The artifact kinds of bench.variants.ARTIFACT_KINDS that TensorRT builds.
+KINDS = ("fp32", "fp16", "qdq", "trt-implicit")
+# The implicit calibrators by the calibrator name a trt-implicit variant carries.
 IMPLICIT_CALIBRATORS = {
-    "trt-entropy2": "IInt8EntropyCalibrator2",
-    "trt-minmax": "IInt8MinMaxCalibrator",
+    "entropy2": "IInt8EntropyCalibrator2",
+    "minmax": "IInt8MinMaxCalibrator",
 }
-KNOWN_VARIANTS = ("fp32", "fp16", *QDQ_VARIANTS, *IMPLICIT_CALIBRATORS)
 OLDEST_SUPPORTED = (8, 6)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 DEFAULT_IMAGE_SIZE = 640
@@ -55,13 +60,14 @@ def parse_trt_version(text: str) -> TrtVersion:
 class BuilderSettings:
     """Everything that decides the engine's bytes besides the model and the GPU.
 
-    onnx says which artifact the engine must be built from: "fp32" (the model as given),
-    "fp16" (an FP16 ONNX; TensorRT 11 has no FP16 flag) or "qdq" (a Q/DQ ONNX).
+    kind is the variant's artifact kind (fp32 | fp16 | qdq | trt-implicit); onnx says
+    which ONNX the engine must be built from: "fp32" (the model as given), "fp16" (an FP16
+    ONNX; TensorRT 11 has no FP16 flag) or "qdq" (a Q/DQ ONNX).
     Names in network_flags / builder_flags are members of TensorRT's
     NetworkDefinitionCreationFlag / BuilderFlag enums.
     """
 
-    variant: str
+    kind: str
     trt_major: int
     onnx: str
     network_flags: tuple[str, ...] = ()
@@ -82,33 +88,35 @@ class BuilderSettings:
         return asdict(self)
 
 
-def builder_settings(variant: str, trt_version: str, *, batch: int = 1,
-                     max_batch: int | None = None,
+def builder_settings(kind: str, trt_version: str, *, calibrator: str | None = None,
+                     batch: int = 1, max_batch: int | None = None,
                      workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                      image_size: int = DEFAULT_IMAGE_SIZE) -> BuilderSettings:
-    """The builder settings of one variant under one TensorRT version.
+    """The builder settings of one artifact kind under one TensorRT version.
 
-    Raises ConfigError for an unknown variant or bad sizes, EngineUnavailable where the
-    installed TensorRT cannot build the variant (too old, or a removed calibrator).
+    calibrator: the calibrator name of a trt-implicit variant (entropy2 | minmax).
+    Raises ConfigError for an unknown kind or calibrator or bad sizes, EngineUnavailable
+    where the installed TensorRT cannot build it (too old, or a removed calibrator).
     """
     version = parse_trt_version(trt_version)
     _check_supported(version)
-    kind = variant_kind(variant)
+    trt_class = _calibrator_class(kind, calibrator)
     sizes = _sizes(batch, max_batch, workspace_bytes, image_size)
     if version.major >= 11:
-        return _strongly_typed(variant, kind, version, sizes)
-    return _weakly_typed(variant, kind, version, sizes)
+        return _strongly_typed(kind, trt_class, version, sizes)
+    return _weakly_typed(kind, trt_class, version, sizes)
 
 
-def variant_kind(variant: str) -> str:
-    """'fp32' | 'fp16' | 'qdq' | 'implicit'; ConfigError for a name we do not know."""
-    if variant in ("fp32", "fp16"):
-        return variant
-    if variant in QDQ_VARIANTS:
-        return "qdq"
-    if variant in IMPLICIT_CALIBRATORS:
-        return "implicit"
-    raise ConfigError(f"tensorrt variant {variant!r}: expected one of {', '.join(KNOWN_VARIANTS)}")
+def _calibrator_class(kind: str, calibrator: str | None) -> str | None:
+    """TensorRT's class for a trt-implicit calibrator; ConfigError for what we do not know."""
+    if kind not in KINDS:
+        raise ConfigError(f"tensorrt artifact kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind != "trt-implicit":
+        return None
+    if calibrator not in IMPLICIT_CALIBRATORS:
+        raise ConfigError(f"tensorrt implicit calibrator {calibrator!r}: expected one of "
+                          f"{', '.join(IMPLICIT_CALIBRATORS)}")
+    return IMPLICIT_CALIBRATORS[calibrator]
 
 
 def _check_supported(version: TrtVersion) -> None:
@@ -129,30 +137,63 @@ def _sizes(batch: int, max_batch: int | None, workspace: int, image_size: int) -
             "workspace_bytes": workspace, "image_size": image_size}
 
 
-def _weakly_typed(variant: str, kind: str, version: TrtVersion, sizes: dict) -> BuilderSettings:
+def _weakly_typed(kind: str, calibrator: str | None, version: TrtVersion,
+                  sizes: dict) -> BuilderSettings:
     network = ("EXPLICIT_BATCH",) if version.major < 10 else ()
-    flags = {"fp32": (), "fp16": ("FP16",), "qdq": ("INT8", "FP16"), "implicit": ("INT8", "FP16")}
-    return BuilderSettings(variant=variant, trt_major=version.major,
+    flags = {"fp32": (), "fp16": ("FP16",), "qdq": ("INT8", "FP16"),
+             "trt-implicit": ("INT8", "FP16")}
+    return BuilderSettings(kind=kind, trt_major=version.major,
                            onnx="qdq" if kind == "qdq" else "fp32",
                            network_flags=network, builder_flags=flags[kind],
-                           calibrator=IMPLICIT_CALIBRATORS.get(variant), **sizes)
+                           calibrator=calibrator, **sizes)
 
 
-def _strongly_typed(variant: str, kind: str, version: TrtVersion, sizes: dict) -> BuilderSettings:
-    if kind == "implicit":
+def _strongly_typed(kind: str, calibrator: str | None, version: TrtVersion,
+                    sizes: dict) -> BuilderSettings:
+    if kind == "trt-implicit":
         raise EngineUnavailable(
             f"tensorrt {version.text} removed implicit INT8 calibration "
-            f"({IMPLICIT_CALIBRATORS[variant]}); use the Q/DQ variants (int8-entropy, int8-max)")
-    # The network flag is ignored in 11 (always strongly typed), so none is passed.
-    return BuilderSettings(variant=variant, trt_major=version.major, onnx=kind,
+            f"({calibrator}); use the Q/DQ variants (int8-entropy, int8-max)")
+    # 11 has no EXPLICIT_BATCH and is always strongly typed, so no network flag is passed.
+    return BuilderSettings(kind=kind, trt_major=version.major, onnx=kind,
                            strongly_typed=True, **sizes)
 
 
-def deprecation_note(settings: BuilderSettings) -> str | None:
-    """A line for the report when the variant uses an API TensorRT has deprecated."""
+def deprecation_notes(settings: BuilderSettings, trt_version: str) -> list[str]:
+    """Lines for the report where a build uses an API the TensorRT in use has deprecated."""
+    notes = []
     if settings.needs_calibrator and settings.trt_major >= 10:
-        return f"{settings.calibrator} is deprecated since TensorRT 10.1 (removed in 11)"
-    return None
+        notes.append(f"{settings.calibrator} is deprecated since TensorRT 10.1 "
+                     "(removed in 11)")
+    note = precision_flag_note(trt_version, settings.builder_flags)
+    if note:
+        notes.append(note)
+    return notes
+
+
+def deprecation_note(settings: BuilderSettings, trt_version: str | None = None) -> str | None:
+    """The notes of deprecation_notes as one line, None when there are none."""
+    version = trt_version or f"{settings.trt_major}.0"
+    notes = deprecation_notes(settings, version)
+    return "; ".join(notes) if notes else None
+
+
+def precision_flag_note(trt_version: str, builder_flags: tuple[str, ...] = ("FP16",)) -> str | None:
+    """The report's note on TensorRT 10.12+ deprecating the precision builder flags.
+
+    TensorRT 10.12 deprecated weak typing (BuilderFlag.FP16 / INT8) in favour of strongly
+    typed networks, and 11.0 removed it; JetPack 7 ships 10.13. None when the version is
+    older than 10.12, 11+ (where the flags are gone and never set), or no precision flag
+    is set.
+    """
+    version = parse_trt_version(trt_version)
+    used = [flag for flag in builder_flags if flag in ("FP16", "INT8")]
+    if not used or version.major != 10 or version.minor < 12:
+        return None
+    names = "/".join(f"BuilderFlag.{flag}" for flag in used)
+    return (f"TensorRT {version.text} deprecates {names} (since 10.12; removed in 11): "
+            "this engine is weakly typed; TensorRT 11 builds FP16 from an FP16 ONNX and INT8 "
+            "only from Q/DQ")
 
 
 def profile_shapes(input_shape: tuple, settings: BuilderSettings) -> tuple[tuple, ...] | None:

@@ -2,71 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from bench.errors import ConfigError
-from bench.power.base import Sampler, one_line
-from bench.power.jtop import JtopSampler
-from bench.power.none import NoneSampler
-from bench.power.nvml import NvmlSampler
-from bench.power.polling import DEFAULT_INTERVAL_S
-from bench.power.rapl import DEFAULT_ROOT, RaplSampler
+from bench.power.base import DEFAULT_INTERVAL_S, DEFAULT_POWERCAP, PowerOptions, Sampler, one_line
+from bench.power.registry import AUTO_ORDER, sampler_class, source_names
 
-SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
-AUTO_ORDER = ("jtop", "nvml", "rapl")  # the board's rails, then the GPU, then the CPU package
+SOURCES = source_names()  # kept for callers that list them; the registry is the truth
+DEFAULT_ROOT = DEFAULT_POWERCAP
 
 
 def make_sampler(
     source: str = "auto",
     interval_s: float = DEFAULT_INTERVAL_S,
     *,
-    rapl_root: Path | str = DEFAULT_ROOT,
-    nvml_device: int = 0,
+    rapl_root: Path | str = DEFAULT_POWERCAP,
+    nvml_device: int | None = None,
+    cuda_device: str | None = None,
 ) -> Sampler:
-    """A sampler for `source`; "auto" takes jtop, then NVML, then RAPL, else none.
+    """A sampler for `source`; "auto" takes the first of AUTO_ORDER (jtop, NVML, RAPL)
+    that can be read here, else none.
 
-    An explicitly named source that cannot be read here still gives a sampler: its
-    reading is empty with the reason, so the benchmark runs on without power.
+    cuda_device ("cuda:1"): the engine's GPU, which NVML then finds by PCI bus id
+    (nvml_device, an NVML index, overrides it). An explicitly named source that cannot
+    be read here still gives a sampler: its reading is empty with the reason, so the
+    benchmark runs on without power.
     """
-    if source not in SOURCES:
-        allowed = ", ".join(SOURCES)
-        raise ConfigError(f"power source {source!r} is unknown; expected one of {allowed}")
+    if source not in source_names():
+        raise ConfigError(f"power source {source!r} is unknown; expected one of "
+                          f"{', '.join(source_names())}")
     if not interval_s > 0:
         raise ConfigError(f"power sampling interval {interval_s!r} s must be > 0")
-    builders, probes = _table(interval_s, Path(rapl_root), nvml_device)
-    if source == "none":
-        return NoneSampler()
+    options = PowerOptions(interval_s=interval_s, rapl_root=Path(rapl_root),
+                           nvml_device=nvml_device, cuda_device=cuda_device)
     if source != "auto":
-        return builders[source]()
+        return sampler_class(source).from_options(options)
     reasons = []
     for name in AUTO_ORDER:
-        reason = _probe(name, probes[name])
+        reason = _probe(name, options)
         if reason is None:
-            return builders[name]()
+            return sampler_class(name).from_options(options)
         reasons.append(reason)
-    return NoneSampler("no power source: " + "; ".join(reasons))
+    none = sampler_class("none")
+    return none("no power source: " + "; ".join(reasons))  # type: ignore[call-arg]
 
 
-def _table(
-    interval_s: float, rapl_root: Path, nvml_device: int
-) -> tuple[dict[str, Callable[[], Sampler]], dict[str, Callable[[], str | None]]]:
-    builders: dict[str, Callable[[], Sampler]] = {
-        "jtop": lambda: JtopSampler(interval_s),
-        "nvml": lambda: NvmlSampler(interval_s, device_index=nvml_device),
-        "rapl": lambda: RaplSampler(interval_s, root=rapl_root),
-    }
-    probes: dict[str, Callable[[], str | None]] = {
-        "jtop": lambda: JtopSampler.unavailable_reason(interval_s),
-        "nvml": lambda: NvmlSampler.unavailable_reason(nvml_device),
-        "rapl": lambda: RaplSampler.unavailable_reason(rapl_root),
-    }
-    return builders, probes
-
-
-def _probe(name: str, probe: Callable[[], str | None]) -> str | None:
+def _probe(name: str, options: PowerOptions) -> str | None:
     try:
-        reason = probe()
+        reason = sampler_class(name).unavailable_reason(options)
     except Exception as exc:  # a probe must only ever say "no", never stop the run
         return one_line(f"{name}: {type(exc).__name__}: {exc}")
     return None if reason is None else one_line(reason)

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+DEFAULT_INTERVAL_S = 0.1
+DEFAULT_POWERCAP = Path("/sys/class/powercap")
+
+
+@dataclass(frozen=True)
+class PowerOptions:
+    """What any power source may need; each reads the fields it knows.
+
+    interval_s: sampling interval; rapl_root: the powercap tree RAPL reads;
+    nvml_device: an NVML index, or None for the GPU that is cuda_device (matched by PCI
+    bus id, since NVML enumerates by PCI order and CUDA fastest first), else GPU 0;
+    cuda_device: the engine's device ("cuda", "cuda:1"), or None.
+    """
+
+    interval_s: float = DEFAULT_INTERVAL_S
+    rapl_root: Path = DEFAULT_POWERCAP
+    nvml_device: int | None = None
+    cuda_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +88,13 @@ class Sampler(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def unavailable_reason(cls) -> str | None:
-        """None when this source can be read here, else why not."""
+    def unavailable_reason(cls, options: PowerOptions | None = None) -> str | None:
+        """None when this source can be read here (under options), else why not."""
+
+    @classmethod
+    def from_options(cls, options: PowerOptions) -> Sampler:
+        """The sampler for options (a source with an interval overrides this)."""
+        return cls()
 
     @abc.abstractmethod
     def start(self) -> None: ...

@@ -9,13 +9,14 @@ where the board has one, else jtop's sum of the rails. jetson-stats is imported 
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable
 from typing import Any
 
 from bench.errors import EngineUnavailable
-from bench.power.base import PowerReading, one_line
+from bench.power.base import PowerOptions, PowerReading, one_line
 from bench.power.integrate import median_interval_s, summarize_rails
-from bench.power.polling import DEFAULT_INTERVAL_S, PollingSampler
+from bench.power.polling import PollingSampler
 
 TOTAL = "tot"
 SUM_OF_RAILS = "sum of rails"  # jtop's total on boards without an input rail
@@ -29,19 +30,48 @@ def _import_jtop() -> Any:
     return jtop
 
 
+HANDSHAKE_ATTEMPTS = 3  # at the requested interval, then once at jtop's default 1 s
+JTOP_DEFAULT_INTERVAL_S = 1.0
+
+
 def connect(interval_s: float) -> Any:
-    """A started jtop client; EngineUnavailable with jtop's own reason when it cannot be."""
-    jtop = _import_jtop()
-    client = jtop.jtop(interval=interval_s)
-    try:
-        client.start()
-    except jtop.JtopException as exc:
+    """A started jtop client that keeps up with the running service.
+
+    jtop's client waits 3 x its own interval for the handshake reply and for each
+    snapshot. The handshake timing out raises queue.Empty: retried, then once more with
+    jtop's default 1 s interval. A service already ticking slower than interval_s (the
+    first client sets the tick) would make every ok() time out: the client is then
+    reopened at the service's own interval. EngineUnavailable with jtop's reason when no
+    client can be started.
+    """
+    client = _start(interval_s)
+    service_s = _safe(lambda: float(client.interval)) or 0.0
+    if service_s > interval_s * 1.05:
         _close_quietly(client)
-        raise EngineUnavailable(one_line(str(exc))) from exc
-    except (OSError, EOFError) as exc:  # a socket that exists but does not answer
-        _close_quietly(client)
-        raise EngineUnavailable(one_line(f"{type(exc).__name__}: {exc}")) from exc
+        client = _start(service_s)
     return client
+
+
+def _start(interval_s: float) -> Any:
+    jtop = _import_jtop()
+    tries = [interval_s] * HANDSHAKE_ATTEMPTS
+    if interval_s < JTOP_DEFAULT_INTERVAL_S:
+        tries.append(JTOP_DEFAULT_INTERVAL_S)
+    for interval in tries:
+        client = jtop.jtop(interval=interval)
+        try:
+            client.start()
+            return client
+        except jtop.JtopException as exc:
+            _close_quietly(client)
+            raise EngineUnavailable(one_line(str(exc))) from exc
+        except queue.Empty:  # no handshake reply within 3 x interval: a busy service
+            _close_quietly(client)
+        except (OSError, EOFError) as exc:  # a socket that exists but does not answer
+            _close_quietly(client)
+            raise EngineUnavailable(one_line(f"{type(exc).__name__}: {exc}")) from exc
+    raise EngineUnavailable(f"jtop.service did not answer the handshake ({len(tries)} tries, "
+                            f"the last waiting {3 * tries[-1]:g} s)")
 
 
 def _close_quietly(client: Any) -> None:
@@ -66,9 +96,10 @@ class JtopSampler(PollingSampler):
     final_sample = False  # samples come on the service's clock
 
     @classmethod
-    def unavailable_reason(cls, interval_s: float = DEFAULT_INTERVAL_S) -> str | None:
+    def unavailable_reason(cls, options: PowerOptions | None = None) -> str | None:
         # The probe connects for real (the reason is jtop's own), at the interval the
         # sampler will ask for: the first client sets the service's tick.
+        interval_s = (options or PowerOptions()).interval_s
         try:
             client = connect(interval_s)
         except EngineUnavailable as exc:
@@ -90,7 +121,9 @@ class JtopSampler(PollingSampler):
     def _read(self) -> dict[str, float]:
         client = self._client
         if not client.ok():  # blocks until the service's next snapshot; raises its errors
-            raise EngineUnavailable(f"no data from jtop.service for {3 * client.interval_user} s")
+            waited = 3 * float(client.interval_user)
+            raise EngineUnavailable(f"no data from jtop.service for {waited:.3g} s (service "
+                                    f"interval {_safe(lambda: client.interval)} s)")
         power = client.power
         if not power or not power.get("tot"):
             raise EngineUnavailable("jtop.service reports no power rails on this board")

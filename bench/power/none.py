@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.power.base import PowerReading, Sampler, one_line
+from bench.power.base import PowerOptions, PowerReading, Sampler, one_line
 
 
 class NoneSampler(Sampler):
@@ -14,8 +14,12 @@ class NoneSampler(Sampler):
         self.reason = one_line(reason)
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, options: PowerOptions | None = None) -> str | None:
         return None
+
+    @classmethod
+    def from_options(cls, options: PowerOptions) -> NoneSampler:
+        return cls()
 
     def start(self) -> None:
         pass

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.errors import EngineUnavailable
-from bench.power.base import PowerReading, one_line
+from bench.power.base import PowerOptions, PowerReading, one_line
 from bench.power.integrate import median_interval_s, window_energy_j
 from bench.power.polling import DEFAULT_INTERVAL_S, PollingSampler
 
@@ -27,9 +27,13 @@ def _import_pynvml() -> Any:
 
 
 class NvmlDevice:
-    """The NVML queries the sampler needs, on one GPU. Opening it initialises NVML."""
+    """The NVML queries the sampler needs, on one GPU. Opening it initialises NVML.
 
-    def __init__(self, index: int = 0):
+    pci_bus_id (e.g. '0000:01:00.0') picks the GPU by bus id instead of index: NVML
+    numbers GPUs in PCI order, CUDA fastest first, so index N is not cuda:N in general.
+    """
+
+    def __init__(self, index: int = 0, pci_bus_id: str | None = None):
         self._nvml = _import_pynvml()
         try:
             self._nvml.nvmlInit()
@@ -37,13 +41,22 @@ class NvmlDevice:
             hint = " (no NVIDIA driver here)" if "LibraryNotFound" in type(exc).__name__ else ""
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}{hint}") from exc
         try:
-            count = self._nvml.nvmlDeviceGetCount()
-            if index >= count:
-                raise EngineUnavailable(f"GPU index {index} not present ({count} NVIDIA GPUs)")
-            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle = self._open(index, pci_bus_id)
         except BaseException:
             self._nvml.nvmlShutdown()
             raise
+
+    def _open(self, index: int, pci_bus_id: str | None) -> Any:
+        if pci_bus_id:
+            try:
+                return self._nvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id)
+            except self._nvml.NVMLError as exc:
+                raise EngineUnavailable(
+                    f"no NVIDIA GPU at PCI bus id {pci_bus_id} ({exc})") from exc
+        count = self._nvml.nvmlDeviceGetCount()
+        if index >= count:
+            raise EngineUnavailable(f"GPU index {index} not present ({count} NVIDIA GPUs)")
+        return self._nvml.nvmlDeviceGetHandleByIndex(index)
 
     def power_w(self) -> float:
         return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
@@ -90,16 +103,24 @@ class NvmlSampler(PollingSampler):
     source = "nvml"
 
     def __init__(
-        self, interval_s: float = DEFAULT_INTERVAL_S, device_index: int = 0, device: Any = None
+        self, interval_s: float = DEFAULT_INTERVAL_S, device_index: int = 0, device: Any = None,
+        *, pci_bus_id: str | None = None,
     ):
         super().__init__(interval_s)
         self.device_index = device_index
+        self.pci_bus_id = pci_bus_id
         self._given = device
 
     @classmethod
-    def unavailable_reason(cls, device_index: int = 0) -> str | None:
+    def from_options(cls, options: PowerOptions) -> NvmlSampler:
+        index, bus_id = nvml_target(options)
+        return cls(options.interval_s, device_index=index, pci_bus_id=bus_id)
+
+    @classmethod
+    def unavailable_reason(cls, options: PowerOptions | None = None) -> str | None:
+        device_index, bus_id = nvml_target(options or PowerOptions())
         try:
-            device = NvmlDevice(device_index)
+            device = NvmlDevice(device_index, bus_id)
         except EngineUnavailable as exc:
             return f"nvml: {exc}"
         except Exception as exc:
@@ -113,7 +134,8 @@ class NvmlSampler(PollingSampler):
         return None
 
     def _open(self) -> None:
-        self._device = self._given if self._given is not None else NvmlDevice(self.device_index)
+        self._device = (self._given if self._given is not None
+                        else NvmlDevice(self.device_index, self.pci_bus_id))
         self._counters: list[float] = []
         self._has_counter = self._device.energy_j() is not None
 
@@ -147,6 +169,8 @@ class NvmlSampler(PollingSampler):
         meta = dict(self._device.describe())  # at the end of the window, i.e. under load
         meta.update(
             device_index=self.device_index,
+            pci_bus_id=self.pci_bus_id,
+            matched_by="pci_bus_id" if self.pci_bus_id else "index",
             energy_from="counter" if counter_j is not None else "samples",
             counter_energy_j=counter_j,
             sampled_energy_j=sampled_j,
@@ -160,3 +184,16 @@ def _relative_pct(counter_j: float | None, sampled_j: float) -> float | None:
     if counter_j is None or counter_j <= 0:
         return None
     return 100.0 * (sampled_j - counter_j) / counter_j
+
+
+def nvml_target(options: PowerOptions) -> tuple[int, str | None]:
+    """(NVML index, PCI bus id or None): the explicit index if given, else the GPU that
+    is options.cuda_device, found by its PCI bus id; GPU 0 when neither is known."""
+    if options.nvml_device is not None:
+        return options.nvml_device, None
+    if options.cuda_device and str(options.cuda_device).startswith("cuda"):
+        from bench.engines.cuda_buffers import cuda_pci_bus_id
+
+        index = int(str(options.cuda_device).partition(":")[2] or 0)
+        return 0, cuda_pci_bus_id(index)
+    return 0, None

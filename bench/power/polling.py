@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 from bench.errors import BenchError
-from bench.power.base import PowerReading, Sampler, one_line
+from bench.power.base import DEFAULT_INTERVAL_S, PowerOptions, PowerReading, Sampler, one_line
 
-DEFAULT_INTERVAL_S = 0.1
+__all__ = ["DEFAULT_INTERVAL_S", "PollingSampler"]
 
 
 class PollingSampler(Sampler):
@@ -32,6 +32,10 @@ class PollingSampler(Sampler):
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._reset()
+
+    @classmethod
+    def from_options(cls, options: PowerOptions) -> PollingSampler:
+        return cls(options.interval_s)
 
     # -- what a source implements ------------------------------------------------------
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import EngineUnavailable
-from bench.power.base import PowerReading
+from bench.power.base import DEFAULT_POWERCAP, PowerOptions, PowerReading
 from bench.power.integrate import counter_delta, median_interval_s
 from bench.power.polling import DEFAULT_INTERVAL_S, PollingSampler
 
-DEFAULT_ROOT = Path("/sys/class/powercap")
+DEFAULT_ROOT = DEFAULT_POWERCAP
 # intel-rapl-mmio:* repeats the package counter through another interface; skip it.
 _DOMAIN_DIR = re.compile(r"^intel-rapl:\d+(:\d+)?$")
 
@@ -68,7 +68,15 @@ class RaplSampler(PollingSampler):
         self.root = Path(root)
 
     @classmethod
-    def unavailable_reason(cls, root: Path | str = DEFAULT_ROOT) -> str | None:
+    def from_options(cls, options: PowerOptions) -> RaplSampler:
+        return cls(options.interval_s, root=options.rapl_root)
+
+    @classmethod
+    def unavailable_reason(cls, options: PowerOptions | None = None) -> str | None:
+        return cls._reason(Path((options or PowerOptions()).rapl_root))
+
+    @staticmethod
+    def _reason(root: Path) -> str | None:
         domains = find_domains(root)
         if not any(d.is_package for d in domains):
             return f"rapl: no intel-rapl:N package domain under {root}"
@@ -82,7 +90,7 @@ class RaplSampler(PollingSampler):
         return None
 
     def _open(self) -> None:
-        reason = self.unavailable_reason(self.root)
+        reason = self._reason(self.root)
         if reason:
             raise EngineUnavailable(reason.removeprefix("rapl: "))
         self._domains = find_domains(self.root)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.engines import ort as ort_engine
-from bench.engines.ort import OrtEngine
+from bench.engines.ort import OrtEngine, OrtOptions
 from bench.models.default import default_model_path
 
 
@@ -62,7 +62,7 @@ def test_other_devices_keep_one_stream():
 
 def test_the_threads_option_bounds_the_streams(monkeypatch):
     monkeypatch.setattr(ort_engine, "usable_cores", lambda: 16)
-    with OrtEngine(default_model_path(), threads=1) as engine:
+    with OrtEngine(default_model_path(), options=OrtOptions(threads=1)) as engine:
         assert engine.infer_streams() == [engine.infer]  # one thread: no second stream
-    with OrtEngine(default_model_path(), threads=2) as engine:
+    with OrtEngine(default_model_path(), options=OrtOptions(threads=2)) as engine:
         assert len(engine.infer_streams()) == 2 and (2, 1) in engine._streams

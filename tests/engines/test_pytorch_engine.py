@@ -9,8 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.engines.pytorch import TorchEngine
-from bench.errors import ConfigError, EngineUnavailable, ModelError
+from bench.engines.pytorch import TorchEngine, TorchOptions
+from bench.errors import ConfigError, EngineUnavailable
 
 HAS_INTERPRETER = importlib.util.find_spec("bench.models.onnx_torch") is not None
 needs_interpreter = pytest.mark.skipif(not HAS_INTERPRETER,
@@ -81,15 +81,6 @@ def test_cpu_outputs_equal_onnxruntime(tmp_path):
     assert "gpu_compute_ms_median" not in info  # no CUDA events on the CPU
 
 
-@needs_interpreter
-def test_batch_size_can_change_between_calls(tmp_path):
-    path = detector_like(tmp_path / "tiny.onnx")
-    with TorchEngine(path) as engine:
-        for size in (1, 3):
-            batch = np.full((size, 3, 16, 16), 0.5, np.float32)
-            assert engine.infer(batch)["features"].shape == (size, 12, 8, 8)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_unavailable_reason_here():
     assert TorchEngine.unavailable_reason("cuda") == "CUDA is not available to torch"
@@ -102,20 +93,11 @@ def test_device_and_precision_are_checked(tmp_path):
     assert TorchEngine.unavailable_reason("cpu") is None
     assert "expected 'cpu' or 'cuda[:N]'" in TorchEngine.unavailable_reason("tpu")
     with pytest.raises(EngineUnavailable, match="fp16 runs on CUDA only"):
-        TorchEngine(tmp_path / "m.onnx", device="cpu", variant="fp16").activate()
+        TorchEngine(tmp_path / "m.onnx", device="cpu",
+                    options=TorchOptions(precision="fp16")).activate()
     with pytest.raises(ConfigError, match="'int8'"):
-        TorchEngine(tmp_path / "m.onnx", precision="int8").activate()
-    assert TorchEngine(tmp_path / "m.onnx", variant="fp16").precision == "fp16"
-    assert TorchEngine(tmp_path / "m.onnx", variant="int8-max").precision == "fp32"
-
-
-def test_missing_or_broken_model_is_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="file not found"):
-        TorchEngine(tmp_path / "absent.onnx").activate()
-    broken = tmp_path / "broken.onnx"
-    broken.write_bytes(b"not a protobuf at all")
-    with pytest.raises(ModelError, match="broken.onnx"):
-        TorchEngine(broken).activate()
+        TorchEngine(tmp_path / "m.onnx", options=TorchOptions(precision="int8")).activate()
+    assert TorchEngine(tmp_path / "m.onnx").precision == "fp32"
 
 
 @needs_interpreter

@@ -21,28 +21,28 @@ PLAN = b"\x00serialized-plan\xff" * 64
 
 
 def identity(**changes) -> EngineIdentity:
-    base = EngineIdentity(model_sha256="a" * 64, variant="fp16", trt_version="10.3.0.30",
+    base = EngineIdentity(model_sha256="a" * 64, kind="fp16", trt_version="10.3.0.30",
                           gpu_name="Orin", compute_capability="8.7",
                           settings=builder_settings("fp16", "10.3.0.30"))
     return dataclasses.replace(base, **changes)
 
 
 def key_of(ident: EngineIdentity) -> str:
-    return engine_cache_key(ident.model_sha256, ident.variant, ident.trt_version, ident.gpu_name,
+    return engine_cache_key(ident.model_sha256, ident.kind, ident.trt_version, ident.gpu_name,
                             ident.compute_capability, ident.settings,
                             calibration_id=ident.calibration_id)
 
 
 def test_key_is_stable_and_file_name_safe():
     assert key_of(identity()) == key_of(identity()) == identity().key
-    odd = identity(variant="fp16", gpu_name="NVIDIA GeForce RTX 4090 / x")
+    odd = identity(kind="fp16", gpu_name="NVIDIA GeForce RTX 4090 / x")
     assert "/" not in odd.key and " " not in odd.key
     assert odd.key.startswith("fp16-trt10.3.0.30-")
 
 
 @pytest.mark.parametrize("changes", [
     {"model_sha256": "b" * 64},
-    {"variant": "int8-max", "settings": builder_settings("int8-max", "10.3.0.30")},
+    {"kind": "qdq", "settings": builder_settings("qdq", "10.3.0.30")},
     {"trt_version": "10.3.0.31"},
     {"gpu_name": "NVIDIA H100 80GB HBM3"},
     {"compute_capability": "9.0"},
@@ -58,8 +58,8 @@ def test_key_changes_with_each_field(changes):
 
 def test_keys_of_many_identities_are_distinct():
     versions = ["8.6.2.3", "10.3.0", "10.8.0"]
-    keys = {identity(trt_version=v, settings=builder_settings(var, v), variant=var).key
-            for v in versions for var in ("fp32", "fp16", "int8-max")}
+    keys = {identity(trt_version=v, settings=builder_settings(kind, v), kind=kind).key
+            for v in versions for kind in ("fp32", "fp16", "qdq")}
     assert len(keys) == 9
 
 
@@ -88,7 +88,7 @@ def test_missing_engine_means_rebuild(tmp_path):
     ("gpu_name", "Xavier"),
     ("compute_capability", "7.2"),
     ("model_sha256", "d" * 64),
-    ("variant", "fp32"),
+    ("kind", "fp32"),
 ])
 def test_foreign_sidecar_under_our_key_means_rebuild(tmp_path, field, foreign):
     # An engine copied from another rig into the cache folder, under the name we look for.

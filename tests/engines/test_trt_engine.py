@@ -16,6 +16,7 @@ from bench.engines.cuda_buffers import (
 from bench.engines.gpu_time import gpu_time_summary
 from bench.engines.trt import (
     TrtEngine,
+    TrtOptions,
     initial_input_shape,
     onnx_kind_mismatch,
     parse_cuda_device,
@@ -59,24 +60,24 @@ def test_unavailable_reason_is_one_line_naming_tensorrt():
 def test_activate_raises_engine_unavailable(tmp_path):
     model = tmp_path / "m.onnx"
     onnx.save(conv_model(), model)
-    engine = TrtEngine(model, device="cuda", variant="fp16", cache_dir=tmp_path)
+    engine = TrtEngine(model, device="cuda", options=TrtOptions(kind="fp16", cache_dir=tmp_path))
     with pytest.raises(EngineUnavailable, match="tensorrt is not installed"):
         engine.activate()
     assert not engine.active
-    with pytest.raises(EngineUnavailable), TrtEngine(model, variant="int8-max"):
+    with pytest.raises(EngineUnavailable), TrtEngine(model, options=TrtOptions(kind="qdq")):
         pass
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # nothing built or cached
 
 
 @no_trt
-def test_variant_reason_without_tensorrt():
-    assert "tensorrt" in TrtEngine.variant_unavailable_reason("trt-entropy2")
+def test_kind_reason_without_tensorrt():
+    assert "tensorrt" in TrtEngine.kind_unavailable_reason("trt-implicit", "entropy2")
 
 
 def test_engine_defaults_to_cuda_and_fp32(tmp_path):
     engine = TrtEngine(tmp_path / "m.onnx")
-    assert engine.device == "cuda" and engine.variant == "fp32" and not engine.active
-    assert engine.extra_info() == {}
+    assert engine.device == "cuda" and engine.options.kind == "fp32" and not engine.active
+    assert engine.extra_info() == {} and engine.device_name() is None
 
 
 def test_parse_cuda_device():

@@ -1,15 +1,14 @@
-"""Builder settings per variant and per TensorRT version (pure logic, no TensorRT here)."""
+"""Builder settings per artifact kind and per TensorRT version (pure logic, no TensorRT here)."""
 
 import pytest
 
 from bench.engines.trt_settings import (
-    QDQ_VARIANTS,
     BuilderSettings,
     builder_settings,
     deprecation_note,
     parse_trt_version,
+    precision_flag_note,
     profile_shapes,
-    variant_kind,
 )
 from bench.errors import ConfigError, EngineUnavailable
 
@@ -33,15 +32,17 @@ def test_older_than_8_6_is_unavailable_with_reason():
 
 @pytest.mark.parametrize("version", ["8.6.1", "8.6.2.3"])
 def test_trt8_needs_explicit_batch_flag(version):
-    for variant in ("fp32", "fp16", "int8-max", "trt-minmax"):
-        assert builder_settings(variant, version).network_flags == ("EXPLICIT_BATCH",)
+    for kind, calibrator in (("fp32", None), ("fp16", None), ("qdq", None),
+                             ("trt-implicit", "minmax")):
+        settings = builder_settings(kind, version, calibrator=calibrator)
+        assert settings.network_flags == ("EXPLICIT_BATCH",)
 
 
 @pytest.mark.parametrize("version", ["10.3.0", "10.8", "11.0"])
 def test_trt10_and_later_pass_no_explicit_batch(version):
     # Deprecated and ignored in 10 (networks are always explicit batch).
-    for variant in ("fp32", "fp16", "int8-entropy"):
-        assert "EXPLICIT_BATCH" not in builder_settings(variant, version).network_flags
+    for kind in ("fp32", "fp16", "qdq"):
+        assert "EXPLICIT_BATCH" not in builder_settings(kind, version).network_flags
 
 
 @pytest.mark.parametrize("version", WEAK)
@@ -50,54 +51,70 @@ def test_weakly_typed_flags(version):
     assert builder_settings("fp16", version).builder_flags == ("FP16",)
     fp16 = builder_settings("fp16", version)
     assert fp16.onnx == "fp32" and not fp16.strongly_typed
-    for variant in QDQ_VARIANTS:
-        settings = builder_settings(variant, version)
-        assert settings.onnx == "qdq"
-        assert settings.builder_flags == ("INT8", "FP16")
-        assert not settings.needs_calibrator
+    settings = builder_settings("qdq", version)
+    assert settings.onnx == "qdq"
+    assert settings.builder_flags == ("INT8", "FP16")
+    assert not settings.needs_calibrator
 
 
 @pytest.mark.parametrize("version", WEAK)
-@pytest.mark.parametrize("variant, calibrator", [("trt-entropy2", "IInt8EntropyCalibrator2"),
-                                                 ("trt-minmax", "IInt8MinMaxCalibrator")])
-def test_implicit_calibrators_until_10(version, variant, calibrator):
-    settings = builder_settings(variant, version)
+@pytest.mark.parametrize("name, calibrator", [("entropy2", "IInt8EntropyCalibrator2"),
+                                              ("minmax", "IInt8MinMaxCalibrator")])
+def test_implicit_calibrators_until_10(version, name, calibrator):
+    settings = builder_settings("trt-implicit", version, calibrator=name)
     assert settings.needs_calibrator and settings.calibrator == calibrator
     assert settings.onnx == "fp32"  # TensorRT calibrates the plain model itself
     assert "INT8" in settings.builder_flags
-    note = deprecation_note(settings)
+    note = deprecation_note(settings, version)
     assert (note is None) == version.startswith("8.")
     if note:
         assert "deprecated since TensorRT 10.1" in note
+        assert ("deprecates BuilderFlag.INT8/BuilderFlag.FP16" in note) == (version == "10.13.0.35")
 
 
 @pytest.mark.parametrize("version", STRONG)
 def test_trt11_is_strongly_typed_without_precision_flags(version):
-    for variant in ("fp32", "fp16", *QDQ_VARIANTS):
-        settings = builder_settings(variant, version)
+    for kind in ("fp32", "fp16", "qdq"):
+        settings = builder_settings(kind, version)
         assert settings.strongly_typed
         assert settings.builder_flags == ()
         assert settings.network_flags == ()
     assert builder_settings("fp16", version).onnx == "fp16"  # no FP16 flag any more
-    assert builder_settings("int8-qat", version).onnx == "qdq"
+    assert builder_settings("qdq", version).onnx == "qdq"
 
 
 @pytest.mark.parametrize("version", STRONG)
-@pytest.mark.parametrize("variant", ["trt-entropy2", "trt-minmax"])
-def test_trt11_implicit_calibration_unavailable_with_reason(version, variant):
+@pytest.mark.parametrize("calibrator", ["entropy2", "minmax"])
+def test_trt11_implicit_calibration_unavailable_with_reason(version, calibrator):
     with pytest.raises(EngineUnavailable) as info:
-        builder_settings(variant, version)
+        builder_settings("trt-implicit", version, calibrator=calibrator)
     message = str(info.value)
     assert "removed implicit INT8 calibration" in message and version in message
     assert "\n" not in message
 
 
-def test_unknown_variant_is_config_error_naming_it():
-    for bad in ("int8", "fp64", "int8-magic", "trt-percentile"):
+def test_unknown_kind_or_calibrator_is_config_error_naming_it():
+    for bad in ("int8", "fp64", "int8-max", "FP16"):  # kinds, never variant names
         with pytest.raises(ConfigError, match=repr(bad)):
             builder_settings(bad, "10.3.0")
-    with pytest.raises(ConfigError):
-        variant_kind("FP16")
+    for bad in (None, "percentile"):
+        with pytest.raises(ConfigError, match=f"implicit calibrator {bad!r}"):
+            builder_settings("trt-implicit", "10.3.0", calibrator=bad)
+
+
+@pytest.mark.parametrize("version, flags, expected", [
+    ("10.11.0", ("FP16",), None),
+    ("10.12.0", ("FP16",), "BuilderFlag.FP16"),
+    ("10.13.0.35", ("INT8", "FP16"), "BuilderFlag.INT8/BuilderFlag.FP16"),
+    ("10.13.0.35", (), None),
+    ("8.6.2", ("FP16",), None),
+    ("11.0.0", (), None),
+])
+def test_precision_flag_note_from_10_12(version, flags, expected):
+    note = precision_flag_note(version, flags)
+    assert (note is None) == (expected is None)
+    if note:
+        assert f"deprecates {expected} (since 10.12; removed in 11)" in note
 
 
 def test_sizes_are_checked_and_recorded():
@@ -113,9 +130,9 @@ def test_sizes_are_checked_and_recorded():
 
 
 def test_settings_are_frozen_and_serialisable():
-    settings = builder_settings("int8-max", "10.3.0")
+    settings = builder_settings("qdq", "10.3.0")
     with pytest.raises(AttributeError):
-        settings.variant = "fp32"
+        settings.kind = "fp32"
     as_dict = settings.as_dict()
     assert as_dict["builder_flags"] == ("INT8", "FP16")
     assert BuilderSettings(**as_dict) == settings

@@ -10,6 +10,7 @@ from fake_jetson.service import JtopTestService
 from fake_jetson.tools import NVPMODEL_MODE
 
 from bench.power.auto import make_sampler
+from bench.power.base import PowerOptions
 from bench.power.jtop import JtopSampler, rail_watts
 
 INTERVAL_S = 0.1
@@ -74,7 +75,7 @@ def test_energy_follows_live_power_not_a_moving_average(jtop_service, fake_jetso
 
 
 def test_auto_picks_jtop_when_the_service_runs(jtop_service):
-    assert JtopSampler.unavailable_reason(INTERVAL_S) is None
+    assert JtopSampler.unavailable_reason(PowerOptions(interval_s=INTERVAL_S)) is None
     sampler = make_sampler("auto", INTERVAL_S)
     assert isinstance(sampler, JtopSampler)
     assert _sample(0.2, sampler).mean_w > 0
@@ -118,3 +119,27 @@ def test_rail_watts_reads_instant_power_never_the_average():
         "tot": {"power": 6000, "avg": 4000, "name": "VDD_IN"},
     }
     assert rail_watts(power) == {"VDD_SOC": 1.5, "tot": 6.0}
+
+
+def test_a_service_ticking_slower_than_the_client_still_gives_power(fake_jetson, tmp_path,
+                                                                     jtop_socket):
+    """Another client (jtop's UI, say) set the service to 0.5 s before ours asks for 0.1 s.
+    jtop's client waits 3 x its own interval for each snapshot, so on commit 96f8907 ok()
+    timed out at 0.3 s and the reading came back empty."""
+    import jtop
+
+    service = JtopTestService.start(tmp_path / "slow")
+    jtop_socket(service.socket)
+    other = jtop.jtop(interval=0.5)
+    other.start()
+    try:
+        reading = _sample(1.6)
+    finally:
+        other.close()
+        service.stop()
+    assert reading.reason is None, reading.reason
+    assert reading.mean_w == pytest.approx(fake_jetson[0].watts, rel=0.01)
+    assert reading.interval_s == pytest.approx(0.5)
+    assert reading.meta["requested_interval_s"] == INTERVAL_S
+    assert reading.meta["measured_interval_s"] == pytest.approx(0.5, abs=0.1)
+    assert reading.samples >= 3

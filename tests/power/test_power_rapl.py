@@ -15,6 +15,7 @@ from fake_powercap import (
     write_counter,
 )
 
+from bench.power.base import PowerOptions
 from bench.power.rapl import RaplSampler, find_domains
 
 
@@ -79,15 +80,15 @@ def test_domain_vanishing_mid_run_gives_an_empty_reading(powercap):
 
 
 def test_unavailable_reasons_name_the_problem(tmp_path):
-    assert RaplSampler.unavailable_reason(tmp_path) == (
+    assert RaplSampler.unavailable_reason(PowerOptions(rapl_root=tmp_path)) == (
         f"rapl: no intel-rapl:N package domain under {tmp_path}"
     )
     build_powercap(tmp_path)
-    assert RaplSampler.unavailable_reason(tmp_path) is None
+    assert RaplSampler.unavailable_reason(PowerOptions(rapl_root=tmp_path)) is None
     counter = tmp_path / "intel-rapl:1" / "energy_uj"
     counter.unlink()
     counter.mkdir()  # unreadable as a number
-    reason = RaplSampler.unavailable_reason(tmp_path)
+    reason = RaplSampler.unavailable_reason(PowerOptions(rapl_root=tmp_path))
     assert reason.startswith(f"rapl: cannot read {counter}: ")
 
 
