@@ -89,6 +89,8 @@ class BenchConfig:
     qat_lr: float = 5e-4
     qat_scales: bool = True
     progress: bool = True
+    num_classes: int | None = None
+    class_map: Path | None = None
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, BACKENDS)
@@ -215,6 +217,10 @@ HELP = {
     "qat_scales": "learn the activation scales during QAT as well as the weights "
                   "(false keeps the PTQ calibration's scales)",
     "progress": "progress bars on calibration, QAT and evaluation",
+    "num_classes": "classes the model predicts, when neither its output shape nor its "
+                   "metadata tells (end-to-end and [N,7] NMS exports)",
+    "class_map": "JSON file mapping the model's class index to a dataset category id, "
+                 "e.g. {\"0\": 1, \"1\": 3} or [1, 3] (a model trained on a subset)",
 }
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bench.eval import decode
 from bench.eval.decode import RAW, YOLOV8, Detections, decode_outputs
+from bench.eval.layouts import base, dense
 
 
 def _clustered(rng, n: int, classes: int) -> np.ndarray:
@@ -60,13 +60,15 @@ def test_past_max_nms_candidates_the_reference_caps_them(monkeypatch):
     rng = np.random.default_rng(3)
     pred = _clustered(rng, 500, 4)[None]
     candidates = np.count_nonzero(pred[0, :, 5:] * pred[0, :, 4:5] > 0.001)
-    monkeypatch.setattr(decode, "MAX_NMS", candidates // 2)
+    for module in (base, dense):  # the cap as the kernel path and the reference see it
+        monkeypatch.setattr(module, "MAX_NMS", candidates // 2)
     calls = []
-    real = decode._select
-    monkeypatch.setattr(decode, "_select", lambda *a: calls.append(1) or real(*a))
+    real = dense.select
+    monkeypatch.setattr(dense, "select", lambda *a: calls.append(1) or real(*a))
     capped = decode_outputs({"output": pred}, num_classes=4, max_det=10_000)[0]
     assert calls == [1]  # the image went to the reference, which applies the cap
-    monkeypatch.setattr(decode, "MAX_NMS", candidates)
+    for module in (base, dense):
+        monkeypatch.setattr(module, "MAX_NMS", candidates)
     full = decode_outputs({"output": pred}, num_classes=4, max_det=10_000)[0]
     assert calls == [1]  # at the cap exactly: the kernel path
     assert len(capped) < len(full)  # the cap dropped the lower half of the candidates
