@@ -329,16 +329,19 @@ class BenchSession:
             self._anchor.deactivate()
             self._anchor = None
 
-    def finish(self, benchmark_json: dict | None, complete: bool) -> Path:
-        """Write results/runs/<id>/ and point results/latest at it."""
+    def finish(self, benchmark_json: dict | None, complete: bool,
+               run_dir: Path | None = None) -> Path:
+        """Write results/runs/<id>/ (or run_dir, chosen ahead) and point results/latest at it."""
         from bench.report.writer import new_run_id, write_run
 
         self.close()
         ordered = [self.rows[v] for v in self.cfg.variants if v in self.rows]
-        run_dir = Path(self.cfg.results_dir) / "runs" / new_run_id()
+        run_dir = run_dir or Path(self.cfg.results_dir) / "runs" / new_run_id()
+        baseline = self._baseline or None
         return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
                          results_dir=Path(self.cfg.results_dir),
-                         thresholds=self.gate_config().describe())
+                         thresholds=self.gate_config().describe(), baseline=baseline,
+                         baseline_source=str(self.cfg.baseline))
 
 
 def _with_relative(row: Any, fp32: Any) -> Any:

@@ -212,7 +212,7 @@ def run_accuracy(
     COCO results JSON. cache: share one LetterboxCache between the passes of a session
     (same dataset).
     """
-    from tqdm import tqdm
+    from bench.progress import bar as progress_bar
 
     size = _check_batching(batch, fixed_batch)
     ids = select_ids(dataset, eval_count)
@@ -224,7 +224,7 @@ def run_accuracy(
         raise ConfigError("run_accuracy needs at least one infer callable, got none")
     workers = workers or min(4, os.cpu_count() or 1)
     start = time.perf_counter()
-    bar = tqdm(total=len(ids), desc=label, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(ids), desc=label, unit="img", enabled=progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
     try:
         feed = _Feed(pool, dataset, chunks, sizes, s, bar, cache)
