@@ -40,7 +40,7 @@ REFUSED_BENCHMARK_OPTIONS = {
     "benchmark_timer": "the harness times with time.perf_counter",
     "benchmark_disable": "every row needs its latency (there is no accuracy-only run)",
 }
-_DEFAULTS_KEY = pytest.StashKey[dict]()
+BENCHMARK_COLUMNS = ("median", "iqr", "rounds")  # pytest-benchmark's table, unless chosen
 _FACE_KEY = pytest.StashKey["SuiteFace"]()
 _benchmark_defaults: dict[str, Any] = {}
 
@@ -223,14 +223,19 @@ class SuiteFace:
         if not config.getoption("benchmark_json", None) and not config.option.collectonly:
             json_path = run_dir / "benchmark.json"
             config.option.benchmark_json = json_path  # read by pytest-benchmark's configure
-        face = cls(config, None, run_dir, json_path)
-        face.session = BenchSession(cfg.with_(progress=face._start_bars(cfg.progress)))
-        return face
+        if not config.getoption("benchmark_columns", None):
+            # Its table repeats ours; its default nine columns need ~200 characters.
+            config.option.benchmark_columns = list(BENCHMARK_COLUMNS)
+        return cls(config, BenchSession(cfg), run_dir, json_path)
 
     # -- progress bars --------------------------------------------------------------------
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._start_bars(self.session.cfg.progress)
+
     def _start_bars(self, wanted: bool) -> bool:
         """Bars only on an interactive terminal (never in logs, whatever --color says),
-        drawn below pytest's line on a copy of the terminal that capture does not touch."""
+        drawn below pytest's line on a copy of the terminal that capture does not touch.
+        Called once the terminal reporter exists, outside any capture."""
         from bench import progress
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

@@ -56,4 +56,5 @@ def test_variant(variant, bench_session, benchmark):
     benchmark.extra_info.update(benchmark_extra_info(row))
     if row.status == "failed":
         pytest.fail(f"{variant}: {row.error}", pytrace=False)
-    assert row.gate.passed is not False, f"{variant} gate: " + "; ".join(row.gate.reasons)
+    if row.gate.passed is False:
+        pytest.fail(f"{variant} gate: " + "; ".join(row.gate.reasons), pytrace=False)
