@@ -25,20 +25,22 @@ import pytest
 from bench.config import FIELDS, HELP
 
 SUITES = "suites"
-# pytest-benchmark's calibration options: the suite times a fixed number of rounds
-# (--bench-rounds, --bench-warmup) in blocks interleaved with fp32, so these would be
-# ignored; they are refused instead, naming what to use.
+# pytest-benchmark's options that its pedantic mode ignores (the suite times a fixed
+# number of rounds, --bench-rounds/--bench-warmup, in blocks interleaved with fp32) or
+# that would leave rows without latency: refused when set, naming what to use instead.
 REFUSED_BENCHMARK_OPTIONS = {
-    "benchmark_min_rounds": "--bench-rounds N sets the timed rounds",
-    "benchmark_max_time": "--bench-rounds N sets the timed rounds (no time budget)",
-    "benchmark_min_time": "each round is one call (no loop calibration)",
-    "benchmark_calibration_precision": "each round is one call (no loop calibration)",
-    "benchmark_precision": "--bench-rounds N sets the timed rounds",
-    "benchmark_confidence": "--bench-rounds N sets the timed rounds",
-    "benchmark_warmup": "--bench-warmup N sets the untimed calls",
-    "benchmark_warmup_iterations": "--bench-warmup N sets the untimed calls",
-    "benchmark_timer": "the harness times with time.perf_counter",
-    "benchmark_disable": "every row needs its latency (there is no accuracy-only run)",
+    "benchmark_min_rounds": "times --bench-rounds N rounds (default 50), in blocks "
+                            "interleaved with fp32; use --bench-rounds",
+    "benchmark_max_time": "has no time budget: it times --bench-rounds N rounds; "
+                          "use --bench-rounds",
+    "benchmark_min_time": "times one call per round (no loop calibration)",
+    "benchmark_calibration_precision": "times one call per round (no loop calibration)",
+    "benchmark_precision": "times a fixed --bench-rounds N rounds; use --bench-rounds",
+    "benchmark_confidence": "times a fixed --bench-rounds N rounds; use --bench-rounds",
+    "benchmark_warmup": "makes --bench-warmup N untimed calls; use --bench-warmup",
+    "benchmark_warmup_iterations": "makes --bench-warmup N untimed calls; use --bench-warmup",
+    "benchmark_timer": "times each call with time.perf_counter",
+    "benchmark_disable": "is part of every row (there is no accuracy-only run)",
 }
 BENCHMARK_COLUMNS = ("median", "iqr", "rounds")  # pytest-benchmark's table, unless chosen
 _FACE_KEY = pytest.StashKey["SuiteFace"]()
@@ -192,9 +194,9 @@ def refuse_conflicts(config: pytest.Config, defaults: dict[str, Any],
         if value == defaults[dest] or str(value) == str(defaults[dest]):
             continue
         flag = "--" + dest.replace("_", "-")
-        raise pytest.UsageError(
-            f"{flag}={value}: refused; the suite's latency pass would ignore it ({instead}; "
-            f"pytest-benchmark's calibration does not apply to its pedantic rounds)")
+        given = flag if isinstance(value, bool) else f"{flag}={value}"
+        raise pytest.UsageError(f"{given}: refused, the suite would ignore it; "
+                                f"its latency pass {instead}")
 
 
 class SuiteFace:
