@@ -249,7 +249,7 @@ def layout_notes(shown: Layout, width: int | None) -> list[str]:
     if shown.narrow:
         where = f"at {width} columns" if width else "here"
         notes.append(f"not shown {where}: {', '.join(shown.narrow)} "
-                     "(all figures: report.csv, summary.txt)")
+                     "(every figure: report.csv)")
     return notes
 
 

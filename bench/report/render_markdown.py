@@ -36,6 +36,13 @@ ZWJ = "\u200d"
 # The comment table: the columns a verdict rests on (the rest is under "All figures").
 COMMENT_HEADERS = ("variant", "mAP", "ΔmAP\nfp32", "ΔmAP\nbase", "median\nms",
                    "speedup\nfp32", "latency\nbase", "size\nMB", "gate")
+# "All figures", in tables narrow enough for a comment; a column in none of them (a new
+# figure) joins the last one.
+FIGURE_TABLES = (
+    ("accuracy", ("variant", "mAP", "ΔmAP\nfp32", "ΔmAP\nbase", "AP50", "gate")),
+    ("speed, power and size", ("variant", "median\nms", "p90\nms", "p99\nms", "img/s",
+                               "speedup\nfp32", "latency\nbase", "W", "mJ/inf", "size\nMB")),
+)
 
 
 def md(text: object) -> str:
@@ -82,8 +89,8 @@ def _numbered_notes(rows: list[ResultRow], extra: list[str]) -> tuple[list[str],
     return notes + extra, [m.translate(SUPERSCRIPT).replace(",", "˒") for m in marks]
 
 
-def headline(rows: list[ResultRow], title: str) -> str:
-    """'### ❌ int8-max: mAP 0.512 < floor ... — yolov7 · onnxruntime · cpu'."""
+def headline(rows: list[ResultRow]) -> str:
+    """'### ❌ Gate failed: int8-max: median latency 8.96 ms > baseline 8.00 ms +10 % ...'."""
     passed, why = verdict_summary(rows)
     word = {True: "passed", False: "failed", None: "not evaluated"}[passed]
     return f"### {GATE_ICON[passed]} Gate {word}: {md(why)}"
@@ -108,16 +115,27 @@ def environment_section(run: Run) -> list[str]:
             "</details>"]
 
 
+def figure_tables() -> list[tuple[str, list[Column]]]:
+    """FIGURE_TABLES as columns; every column of COLUMNS appears in one of them."""
+    placed = {h for _, headers in FIGURE_TABLES for h in headers}
+    tables = [(name, [c for c in COLUMNS if c.header in headers])
+              for name, headers in FIGURE_TABLES]
+    tables[-1][1].extend(c for c in COLUMNS if c.header not in placed)
+    return tables
+
+
 def all_figures_section(rows: list[ResultRow], bases: list[ResultRow | None]) -> list[str]:
-    shown = layout(rows, bases, None)
+    lines = ["<details><summary>All figures</summary>", ""]
     marks = [""] * len(rows)
-    return ["<details><summary>All figures</summary>", "",
-            *results_table(rows, marks, shown.columns, bases), "", "</details>"]
+    for name, columns in figure_tables():
+        shown = layout(rows, bases, None, columns=columns)
+        lines += [f"**{name}**", "", *results_table(rows, marks, shown.columns, bases), ""]
+    return lines + ["</details>"]
 
 
 def baseline_line(baseline: Run | None, source: str | None) -> str:
     if baseline is None:
-        return f"Baseline: none{f' ({md(source)})' if source else ''}."
+        return f"Baseline: none{f' (no {md(source)})' if source else ''}."
     where = f" ({md(source)})" if source else ""
     return f"Baseline: run {md(baseline.name)}{where}, created {md(baseline.created)}."
 
@@ -132,7 +150,7 @@ def render_markdown(run: Run, thresholds: str | None = None, *, baseline: Run | 
     comment = [c for c in COLUMNS if c.header in COMMENT_HEADERS]
     shown = layout(rows, bases, None, columns=comment)
     notes, marks = _numbered_notes(rows, layout_notes(shown, None))
-    lines = [headline(rows, title_of(rows)), "",
+    lines = [headline(rows), "",
              f"**{md(title_of(rows))}** · {md(environment_line(run.environment))}", ""]
     if not run.complete:
         lines += ["> [!WARNING]", "> Partial run (complete: false): not every variant ran.", ""]
