@@ -225,6 +225,11 @@ class SuiteFace:
         if not config.getoption("benchmark_json", None) and not config.option.collectonly:
             json_path = run_dir / "benchmark.json"
             config.option.benchmark_json = json_path  # read by pytest-benchmark's configure
+        storage = config.getoption("benchmark_storage", None)
+        if storage is not None and storage == defaults.get("benchmark_storage"):
+            # pytest-benchmark's own store (--benchmark-save/--benchmark-compare), created
+            # at start: under the rootdir like results/, not wherever pytest was started.
+            config.option.benchmark_storage = f"file://{config.rootpath / '.benchmarks'}"
         if not config.getoption("benchmark_columns", None):
             # Its table repeats ours; its default nine columns need ~200 characters.
             config.option.benchmark_columns = list(BENCHMARK_COLUMNS)
