@@ -5,7 +5,8 @@
   bench compare A B         two runs side by side, B gated against A
   bench baseline promote R  make run R the stored baseline (refuses partial runs)
   bench build VARIANT       write one variant's ONNX (e.g. the Q/DQ model for TensorRT)
-  bench env                 what this machine can run: engines and power sources
+  bench env                 versions of every runtime and sensor library; what this
+                            machine can run: engines and power sources
 
 The benchmark itself is `pytest suites/ --benchmark-only` (see README).
 """
@@ -22,15 +23,51 @@ from bench.errors import BenchError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_make_default(sub)
     from bench.report.commands import add_report_commands
 
     add_report_commands(sub)
     _add_build(sub)
-    env = sub.add_parser("env", help="list engines and power sources and why any is missing")
+    env = sub.add_parser("env", help="library versions; engines and power sources, and why "
+                                     "any cannot run here")
     env.set_defaults(handler=_env)
     return parser
+
+
+# What `bench env` reports, by the module a user imports: runtimes, then sensor libraries,
+# then the rest of the stack. Versions come from the installed distributions' metadata
+# (onnxruntime-gpu and onnxruntime both provide `onnxruntime`), so nothing is imported.
+ENV_MODULES = (
+    ("runtime", ("onnxruntime", "tensorrt", "torch", "pycuda", "cuda")),
+    ("sensors", ("jtop", "pynvml")),
+    ("stack", ("onnx", "numpy", "pycocotools", "pytest_benchmark", "rich")),
+)
+
+
+def version_line() -> str:
+    from bench import __version__
+
+    return f"bench {__version__} (yolo-qbench; Python {sys.version.split()[0]})"
+
+
+def module_versions(modules: Sequence[str]) -> dict[str, str | None]:
+    """module -> 'distribution version' for each distribution providing it, or None."""
+    import importlib.metadata as md
+
+    providers = md.packages_distributions()
+    found: dict[str, str | None] = {}
+    for module in modules:
+        dists = sorted(set(providers.get(module, ())))
+        versions = []
+        for dist in dists:
+            try:
+                versions.append(f"{dist} {md.version(dist)}")
+            except md.PackageNotFoundError:
+                continue
+        found[module] = ", ".join(versions) or None
+    return found
 
 
 def _add_make_default(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +123,11 @@ def _build(args: argparse.Namespace) -> int:
 def _env(args: argparse.Namespace) -> int:
     from bench.engines.factory import engine_class
     from bench.power.auto import make_sampler
+
+    print(version_line())
+    for kind, modules in ENV_MODULES:
+        for module, version in module_versions(modules).items():
+            print(f"{kind:<7} {module:<16} {version or 'not installed'}")
 
     for backend, device in (("onnxruntime", "cpu"), ("onnxruntime", "cuda"),
                             ("tensorrt", "cuda"), ("torch", "cpu"), ("torch", "cuda")):

@@ -188,17 +188,19 @@ class BenchSession:
         reasons = sorted({r.reason or r.error or "" for r in self.rows.values()})
         return "nothing measured: every variant skipped or failed — " + "; ".join(reasons)
 
-    def finish(self, benchmark_json: dict | None, complete: bool) -> Path:
-        """Write results/runs/<id>/ and point results/latest at it."""
+    def finish(self, benchmark_json: dict | None, complete: bool,
+               run_dir: Path | None = None) -> Path:
+        """Write results/runs/<id>/ (or run_dir, chosen ahead) and point results/latest at it."""
         from bench.report.writer import new_run_id, write_run
 
         self.close()
         ordered = [self.rows[v] for v in report_order(list(self.rows))]
-        run_dir = Path(self.cfg.results_dir) / "runs" / new_run_id()
+        run_dir = run_dir or Path(self.cfg.results_dir) / "runs" / new_run_id()
+        judge = self.judge()
         return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
                          results_dir=Path(self.cfg.results_dir),
-                         thresholds=self.judge().gate.describe(),
-                         baseline=self.judge().baseline_info())
+                         thresholds=judge.gate.describe(), baseline=judge.baseline,
+                         baseline_source=str(self.cfg.baseline))
 
 
 def benchmark_extra_info(row: ResultRow) -> dict[str, Any]:

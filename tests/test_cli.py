@@ -28,10 +28,34 @@ def test_build_refuses_a_missing_output_folder_before_building(tmp_path, capsys)
     assert "option --out: folder" in capsys.readouterr().err
 
 
-def test_env_lists_engines_and_power(capsys):
+def test_env_lists_versions_engines_and_power(capsys):
+    import importlib.metadata
+
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "engine onnxruntime  cpu   ok" in out and "power  auto picks" in out
+    ort = importlib.metadata.version("onnxruntime")
+    assert f"runtime onnxruntime      onnxruntime {ort}" in out
+    assert "runtime tensorrt         " in out and "sensors pynvml" in out
+
+
+def test_module_versions_come_from_metadata_without_importing():
+    import sys
+
+    from bench.cli import module_versions
+
+    sys.modules.pop("pycocotools", None)
+    found = module_versions(["pycocotools", "no_such_module_here"])
+    assert found["pycocotools"].startswith("pycocotools ") and "pycocotools" not in sys.modules
+    assert found["no_such_module_here"] is None
+
+
+def test_version(capsys):
+    from bench import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and f"bench {__version__}" in capsys.readouterr().out
 
 
 def test_unknown_variant_is_an_argparse_error():

@@ -415,11 +415,12 @@ def generate(
     Files: annotations/instances_train.json, annotations/instances_val.json, train/*.png,
     val/*.png. Returns root.
     """
-    from tqdm import tqdm
+    from bench.progress import bar as progress_bar
 
     root = Path(root)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=n_train + n_eval, desc="synthetic dataset", unit="img", disable=not progress)
+    bar = progress_bar(total=n_train + n_eval, desc="synthetic dataset", unit="img",
+                       enabled=progress)
     counts = {"train": n_train, "val": n_eval}
     first = {"train": 1, "val": n_train + 1}  # image and annotation ids never repeat across splits
     first_ann = 1

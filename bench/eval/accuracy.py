@@ -248,7 +248,7 @@ def run_accuracy(
     (the reference), checked before any inference runs. progress: a bar with images/s
     and the time left.
     """
-    from tqdm import tqdm
+    from bench.progress import bar as progress_bar
 
     check_evaluator(evaluator)
     size = _check_batching(batch, fixed_batch)
@@ -261,8 +261,7 @@ def run_accuracy(
         raise ConfigError("run_accuracy needs at least one infer callable, got none")
     workers = workers or min(4, os.cpu_count() or 1)
     start = time.perf_counter()
-    # With total set, tqdm's bar shows the rate (img/s) and the time left.
-    bar = tqdm(total=len(ids), desc=label, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(ids), desc=label, unit="img", enabled=progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
     try:
         feed = _Feed(pool, dataset, chunks, sizes, s, bar, cache)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
-from tqdm import tqdm
 
 from bench.errors import InputDataError, ModelError
+from bench.progress import bar as progress_bar
 from bench.quant.histogram import AbsHistogram
 
 _FLOAT_TYPES = {
@@ -46,7 +46,7 @@ def collect_histograms(
     fetched = [n for n in names if n != graph_input.name]
     hists = {name: AbsHistogram(bins, name=name) for name in names}
     seen = 0
-    bar = tqdm(batches, total=total, disable=not progress, desc="calibration", unit="batch")
+    bar = progress_bar(batches, total=total, enabled=progress, desc="calibration", unit="batch")
     for batch in bar:
         feed = _as_input(batch, graph_input)
         if graph_input.name in hists:

@@ -223,10 +223,10 @@ def _batches(images: np.ndarray, settings: QatSettings, total: int) -> Iterator[
 
 
 def _progress(batches: Iterator[np.ndarray], total: int, enabled: bool):
-    from tqdm import tqdm
+    from bench.progress import bar as progress_bar
 
-    return enumerate(tqdm(batches, total=total, desc="int8-qat", unit="step",
-                          disable=not enabled, leave=False))
+    return enumerate(progress_bar(batches, total=total, desc="int8-qat", unit="step",
+                                  enabled=enabled))
 
 
 def build_qat_variant(spec: Any, ctx: Any) -> Any:

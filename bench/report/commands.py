@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.config import BenchConfig, load_config
 from bench.errors import BenchError
 from bench.report.baseline import comparability, promote
 from bench.report.gate import GateConfig, gate_passed, gate_rows
 from bench.report.render_compare import compare_renderable
 from bench.report.render_markdown import render_markdown
-from bench.report.render_rich import make_console, print_run
-from bench.report.runs import load_run
+from bench.report.render_rich import make_console, print_run, render_text
+from bench.report.runs import Run, load_run
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -39,20 +40,37 @@ def one_line_errors(name: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
+def locate(run: str, results: Path) -> str | Path:
+    """A run as a user names it: a path (run dir or report.json) as given or under the
+    results folder (`runs/<id>`, as `bench compare runs/A runs/B` writes it), an id,
+    or 'latest'."""
+    given = Path(run)
+    if given.exists() or given.is_absolute():
+        return given
+    under = Path(results) / given
+    return under if under.exists() else run
+
+
+def _load(run: str, results: Path) -> Run:
+    return load_run(locate(run, results), results)
+
+
 @one_line_errors("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    run = load_run(args.run, args.results)
+    run = _load(args.run, args.results)
     if args.markdown:
         sys.stdout.write(render_markdown(run))
+    elif args.text:
+        sys.stdout.write(render_text(run))
     else:
-        print_run(run, make_console())
+        print_run(run, make_console(), verbosity=1 if args.verbose else 0)
     return EXIT_OK
 
 
 @one_line_errors("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    a, b = load_run(args.a, args.results), load_run(args.b, args.results)
-    cfg = GateConfig(map_drop_abs=args.max_map_drop, latency_growth=args.max_latency_growth)
+    a, b = _load(args.a, args.results), _load(args.b, args.results)
+    cfg = GateConfig(map_drop_abs=args.map_tolerance, latency_growth=args.latency_tolerance)
     judged = gate_rows(b.rows, b.environment, a, cfg)
     comp = comparability(a.environment, b.environment)
     make_console().print(compare_renderable(a, b, judged, comp))
@@ -62,14 +80,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 @one_line_errors("baseline promote")
 def cmd_promote(args: argparse.Namespace) -> int:
     target = args.to if args.to is not None else args.results / "baseline.json"
-    written = promote(args.run, target, allow_failed=args.allow_failed, results_dir=args.results)
+    written = promote(locate(args.run, args.results), target, allow_failed=args.allow_failed,
+                      results_dir=args.results)
     print(f"promoted {args.run} -> {written}")
     return EXIT_OK
 
 
+def _defaults() -> dict[str, object]:
+    """The suite's own settings (BENCH_* environment, [tool.bench] of ./pyproject.toml), so
+    that `bench` and `pytest suites/` agree on the results folder and tolerances."""
+    try:
+        cfg = load_config()
+    except BenchError:  # a bad setting is reported by the suite; fall back to defaults
+        cfg = BenchConfig()
+    return {"results": cfg.results_dir, "map_tolerance": cfg.map_tolerance,
+            "latency_tolerance": cfg.latency_tolerance}
+
+
 def _add_results_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="results folder holding runs/ and latest (default: results)")
+    parser.add_argument("--results", "--results-dir", type=Path,
+                        default=_defaults()["results"],
+                        help="results folder holding runs/ and latest (default: %(default)s)")
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
@@ -77,18 +108,27 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", nargs="?", default="latest",
                    help="run dir, report.json, run id or 'latest' (default)")
     p.add_argument("--markdown", action="store_true", help="print summary.md instead")
+    p.add_argument("--text", action="store_true", help="print summary.txt (plain text)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="the full environment and every gate check")
     _add_results_option(p)
     p.set_defaults(handler=cmd_report)
 
 
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="two runs side by side; gate of B against A")
-    p.add_argument("a", help="the reference run (as for `report`)")
-    p.add_argument("b", help="the run judged against A")
-    p.add_argument("--max-map-drop", type=float, default=GateConfig.map_drop_abs,
-                   help="largest allowed absolute mAP drop (default: %(default)s)")
-    p.add_argument("--max-latency-growth", type=float, default=GateConfig.latency_growth,
-                   help="largest allowed relative median-latency growth (default: %(default)s)")
+    defaults = _defaults()
+    p.add_argument("a", help="the reference run: run dir (e.g. runs/<id>), report.json, "
+                             "run id or 'latest'")
+    p.add_argument("b", help="the run judged against A (as A)")
+    # The suite's option names; the old names stay accepted.
+    p.add_argument("--map-tolerance", "--max-map-drop", dest="map_tolerance", type=float,
+                   default=defaults["map_tolerance"],
+                   help="largest absolute mAP drop against A (default: %(default)s)")
+    p.add_argument("--latency-tolerance", "--max-latency-growth", dest="latency_tolerance",
+                   type=float, default=defaults["latency_tolerance"],
+                   help="largest relative median-latency growth against A "
+                        "(default: %(default)s)")
     _add_results_option(p)
     p.set_defaults(handler=cmd_compare)
 

@@ -1,18 +1,31 @@
-"""The text shown for each cell of the results table, shared by the rich and Markdown
-renderers so that the terminal and the PR comment say the same thing."""
+"""What each cell of the results table says, shared by the terminal, summary.txt and
+summary.md so that they all say the same thing.
+
+COLUMNS is the one definition of the table: a column is a header, a getter on
+(row, its baseline row), a formatter, and a priority that says which columns go first
+when the width is short. Adding a figure (a CI, a COCO recall) is one Column line.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
-from bench.report.frame import rows_to_frame
 from bench.report.rows import PAIRED_KEY, ResultRow
 
 EMPTY = "—"
+MINUS = "−"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe_text(text: object) -> str:
+    """A name or path as a terminal may show it: control characters (ESC, CR, BEL, ...)
+    written as visible escapes so that they cannot move the cursor or retitle a window."""
+    return CONTROL.sub(lambda m: ascii(m.group())[1:-1], str(text))
 
 
 def fmt_ms(value: float) -> str:
@@ -28,39 +41,146 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _formatter(fmt: Callable[[float], str]) -> Callable[[object], str]:
-    return lambda value: EMPTY if _missing(value) else fmt(value)
+def signed(value: float, digits: int = 3) -> str:
+    return f"{value:+.{digits}f}".replace("-", MINUS)
 
 
-def _gate_mark(passed: object) -> str:
-    return {True: "✓", False: "✗"}.get(passed if isinstance(passed, bool) else None, "–")
+def percent(fraction: float) -> str:
+    return f"{fraction * 100:+.1f} %".replace("-", MINUS)
 
 
-# (header, frame column, formatter); the order is the table's.
-COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
-    ("variant", "variant", str),
-    ("status", "status", str),
-    ("mAP", "map", _formatter(lambda v: f"{v:.3f}")),
-    ("ΔmAP", "delta_map_vs_fp32", _formatter(lambda v: f"{v:+.3f}".replace("-", "−"))),
-    ("AP50", "map50", _formatter(lambda v: f"{v:.3f}")),
-    ("median ms", "latency_median_ms", _formatter(fmt_ms)),
-    ("p90 ms", "latency_p90_ms", _formatter(fmt_ms)),
-    ("p99 ms", "latency_p99_ms", _formatter(fmt_ms)),
-    ("img/s", "throughput_ips", _formatter(lambda v: f"{v:.1f}")),
-    ("speedup", "speedup_vs_fp32", _formatter(lambda v: f"{v:.2f}×")),
-    ("W", "power_w", _formatter(lambda v: f"{v:.2f}")),
-    ("mJ/inf", "energy_mj_per_inference", _formatter(lambda v: f"{v:.1f}")),
-    ("size MB", "artifact_mb", _formatter(lambda v: f"{v:.2f}")),
-    ("gate", "gate_passed", _gate_mark),
+Getter = Callable[[ResultRow, "ResultRow | None"], Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the results table.
+
+    header: may hold a line break: the second line says what a change is against
+    ("fp32": this run's fp32 row; "base": the baseline's row) or the unit.
+    priority: 0 is always shown; higher numbers are dropped first when the width is short.
+    numeric: right-aligned.
+    """
+
+    header: str
+    get: Getter
+    fmt: Callable[[Any], str]
+    priority: int = 0
+    numeric: bool = True
+
+    @property
+    def name(self) -> str:
+        """The header on one line."""
+        return self.header.replace("\n", " ")
+
+    def cell(self, row: ResultRow, base: ResultRow | None) -> str:
+        value = self.get(row, base)
+        return EMPTY if _missing(value) else self.fmt(value)
+
+
+def _field(name: str) -> Getter:
+    return lambda row, base: getattr(row, name, None)
+
+
+def _latency(stat: str) -> Getter:
+    return lambda row, base: getattr(row.latency_ms, stat) if row.latency_ms else None
+
+
+def _vs_baseline_map(row: ResultRow, base: ResultRow | None) -> float | None:
+    if base is None or not row.ok or not base.ok or row.map is None or base.map is None:
+        return None
+    return row.map - base.map
+
+
+def _vs_baseline_latency(row: ResultRow, base: ResultRow | None) -> float | None:
+    if base is None or not row.ok or not base.ok or not row.latency_ms or not base.latency_ms:
+        return None
+    return row.latency_ms.median / base.latency_ms.median - 1.0
+
+
+def verdict(row: ResultRow) -> str:
+    """One word per row: pass / FAIL (gate) / error (the row failed) / skip / — (not judged)."""
+    if row.status == "failed":
+        return "error"
+    if row.status == "skipped":
+        return "skip"
+    return {True: "pass", False: "FAIL"}.get(row.gate.passed, EMPTY)
+
+
+def _three(value: float) -> str:
+    return f"{value:.3f}"
+
+
+# The table, in display order. Priorities: 0 the figures a verdict rests on, 1-2 the
+# changes, 3+ detail. Never empty on a CPU: latency, mAP. Often empty: power, baseline.
+COLUMNS: tuple[Column, ...] = (
+    Column("variant", lambda r, b: safe_text(r.variant), str, numeric=False),
+    Column("mAP", _field("map"), _three),
+    Column("ΔmAP\nfp32", _field("delta_map_vs_fp32"), signed, priority=1),
+    Column("AP50", _field("map50"), _three, priority=6),
+    Column("median\nms", _latency("median"), fmt_ms),
+    Column("p90\nms", _latency("p90"), fmt_ms, priority=5),
+    Column("p99\nms", _latency("p99"), fmt_ms, priority=7),
+    Column("img/s", _field("throughput_ips"), lambda v: f"{v:.1f}", priority=6),
+    Column("speedup\nfp32", _field("speedup_vs_fp32"), lambda v: f"{v:.2f}×", priority=1),
+    Column("ΔmAP\nbase", _vs_baseline_map, signed, priority=2),
+    Column("latency\nbase", _vs_baseline_latency, percent, priority=2),
+    Column("W", _field("power_w"), lambda v: f"{v:.2f}", priority=3),
+    Column("mJ/inf", _field("energy_mj_per_inference"), lambda v: f"{v:.1f}", priority=3),
+    Column("size\nMB", lambda r, b: r.artifact_bytes / 1e6 if r.artifact_bytes else None,
+           lambda v: f"{v:.2f}", priority=4),
+    Column("gate", lambda r, b: verdict(r), str, numeric=False),
 )
-NUMERIC_HEADERS = frozenset(h for h, _, _ in COLUMNS[2:-1])
+NUMERIC_HEADERS = frozenset(c.name for c in COLUMNS if c.numeric)
 
 
-def display_frame(rows: Iterable[ResultRow]) -> pd.DataFrame:
-    """The results table as display strings, one column per header of COLUMNS."""
-    frame = rows_to_frame(rows).astype(object)
-    shown = {header: [fmt(v) for v in frame[col]] for header, col, fmt in COLUMNS}
-    return pd.DataFrame(shown, columns=[h for h, _, _ in COLUMNS])
+@dataclass(frozen=True)
+class Layout:
+    """The columns shown, and why the others are not."""
+
+    columns: tuple[Column, ...]
+    empty: tuple[str, ...]     # headers with no figure in any row
+    narrow: tuple[str, ...]    # headers left out for the width
+
+
+def cells(rows: Sequence[ResultRow], bases: Sequence[ResultRow | None] | None,
+          columns: Iterable[Column] = COLUMNS) -> list[list[str]]:
+    """The display text of every cell, one list per row."""
+    bases = list(bases) if bases is not None else [None] * len(rows)
+    return [[c.cell(r, b) for c in columns] for r, b in zip(rows, bases, strict=True)]
+
+
+def text_width(text: str) -> int:
+    """Terminal cells a string takes (wide characters count two; the widest line)."""
+    return max(sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+               for line in text.split("\n"))
+
+
+def layout(rows: Sequence[ResultRow], bases: Sequence[ResultRow | None] | None,
+           width: int | None, gap: int = 3, columns: Sequence[Column] = COLUMNS) -> Layout:
+    """Drop always-empty columns, then the highest priority numbers until the table fits
+    `width` (None: no limit). `gap` is the space between two columns."""
+    table = cells(rows, bases, columns)
+    keep = [i for i, _ in enumerate(columns) if any(line[i] != EMPTY for line in table)]
+    empty = tuple(c.name for i, c in enumerate(columns) if i not in keep)
+    if not rows:
+        keep = list(range(len(columns)))
+        empty = ()
+    widths = {i: max([text_width(columns[i].header)] + [text_width(x[i]) for x in table])
+              for i in keep}
+    narrow: list[str] = []
+
+    def total() -> int:
+        return sum(widths[i] for i in keep) + gap * (len(keep) - 1)
+
+    while width is not None and total() > width:
+        droppable = [i for i in keep if columns[i].priority > 0]
+        if not droppable:
+            break
+        worst = max(droppable, key=lambda i: (columns[i].priority, i))
+        keep.remove(worst)
+        narrow.append(columns[worst].name)
+    return Layout(tuple(columns[i] for i in keep), empty, tuple(reversed(narrow)))
 
 
 def row_notes(row: ResultRow) -> list[str]:
@@ -103,7 +223,13 @@ def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]
             power_index[key] = len(notes)
             notes.append(f"{', '.join(power[key])}: {key}")
         refs.append([power_index[key]])
-    # Run-level notes: how the speedups were taken.
+    notes += run_notes(rows)
+    return notes, refs
+
+
+def run_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """Notes about the run as a whole: how the speedups were taken."""
+    notes = []
     if any((r.extra or {}).get(PAIRED_KEY) for r in rows):
         notes.append("speedup: against fp32 timed again just before and after each variant "
                      "(a shared machine's speed drifts between variants)")
@@ -112,7 +238,43 @@ def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]
         names = ", ".join(r.variant for r in unpaired)
         notes.append(f"speedup of {names}: against the fp32 row, not paired "
                      f"({unpaired[0].extra['fp32_paired_error']})")
-    return notes, refs
+    return notes
+
+
+def layout_notes(shown: Layout, width: int | None) -> list[str]:
+    """One footnote for the columns left out: empty in every row, or too wide to fit."""
+    notes = []
+    if shown.empty:
+        notes.append(f"not shown, no figure in any row: {', '.join(shown.empty)}")
+    if shown.narrow:
+        where = f"at {width} columns" if width else "here"
+        notes.append(f"not shown {where}: {', '.join(shown.narrow)} "
+                     "(every figure: report.csv)")
+    return notes
+
+
+def failure_headline(rows: Sequence[ResultRow], limit: int = 2) -> str | None:
+    """'int8-max: <first reason>; int8-mse: <...>' for the rows whose gate failed."""
+    failed = [r for r in rows if r.gate.passed is False]
+    if not failed:
+        return None
+    parts = [f"{r.variant}: {r.gate.reasons[0] if r.gate.reasons else 'failed'}"
+             for r in failed[:limit]]
+    more = f"; and {len(failed) - limit} more" if len(failed) > limit else ""
+    return "; ".join(parts) + more
+
+
+def verdict_summary(rows: Sequence[ResultRow]) -> tuple[bool | None, str]:
+    """(passed, text): passed None when nothing was judged."""
+    headline = failure_headline(rows)
+    if headline:
+        return False, headline
+    judged = [r for r in rows if r.gate.passed is not None]
+    if not judged:
+        return None, "nothing judged (every variant skipped)" if rows else "no rows"
+    skipped = len(rows) - len(judged)
+    tail = f", {skipped} skipped" if skipped else ""
+    return True, f"{len(judged)} of {len(rows)} variants judged{tail}"
 
 
 def title_of(rows: Iterable[ResultRow]) -> str:
@@ -122,6 +284,20 @@ def title_of(rows: Iterable[ResultRow]) -> str:
     for name in ("model", "backend", "device"):
         values = sorted({getattr(r, name) for r in rows if getattr(r, name)})
         parts.append(", ".join(values) or f"unknown {name}")
+    return " · ".join(parts)
+
+
+def environment_line(env: Mapping[str, Any]) -> str:
+    """The environment in one line: device, runtime and its version, commit, threads."""
+    backend = env.get("backend")
+    versions = env.get("versions") if isinstance(env.get("versions"), Mapping) else {}
+    parts = [str(env.get("device") or "unknown device")]
+    if backend:
+        version = versions.get(backend) if isinstance(backend, str) else None
+        parts.append(f"{backend} {version}" if version else str(backend))
+    for key, label in (("commit", "commit"), ("threads", "threads"), ("qdq_profile", "qdq")):
+        if env.get(key) not in (None, ""):
+            parts.append(f"{label} {env[key]}")
     return " · ".join(parts)
 
 

@@ -1,92 +1,166 @@
-"""summary.md: the run as GitHub-flavoured Markdown, ready to post as a PR comment."""
+"""summary.md: the run as GitHub-flavoured Markdown, ready to post as a PR comment.
+
+Sized for a comment (~800 px): a headline with the verdict and its reason, one table of
+the figures a reviewer acts on (mAP and latency with their change against fp32 and
+against the baseline, the gate), and the rest folded in <details>: every figure, the
+gate's checks, the notes and the environment.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from bench.report.display import (
-    NUMERIC_HEADERS,
-    display_frame,
+    COLUMNS,
+    Column,
+    cells,
+    environment_line,
     flatten_environment,
     grouped_notes,
+    layout,
+    layout_notes,
     title_of,
+    verdict_summary,
 )
+from bench.report.gate import match_baseline_row
 from bench.report.rows import ResultRow
 from bench.report.runs import Run
 
 GATE_ICON = {True: "✅", False: "❌", None: "⏭️"}
+VERDICT_ICON = {"pass": "✅", "FAIL": "❌", "error": "💥", "skip": "⏭️"}
 SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
-HTML_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|<>#~])")
+MENTION = re.compile(r"@(?=\w)")
+ZWJ = "\u200d"
+# The comment table: the columns a verdict rests on (the rest is under "All figures").
+COMMENT_HEADERS = ("variant", "mAP", "ΔmAP\nfp32", "ΔmAP\nbase", "median\nms",
+                   "speedup\nfp32", "latency\nbase", "size\nMB", "gate")
+# "All figures", in tables narrow enough for a comment; a column in none of them (a new
+# figure) joins the last one.
+FIGURE_TABLES = (
+    ("accuracy", ("variant", "mAP", "ΔmAP\nfp32", "ΔmAP\nbase", "AP50", "gate")),
+    ("speed, power and size", ("variant", "median\nms", "p90\nms", "p99\nms", "img/s",
+                               "speedup\nfp32", "latency\nbase", "W", "mJ/inf", "size\nMB")),
+)
 
 
 def md(text: object) -> str:
     """Free text shown literally (also inside a table cell): Markdown punctuation, pipes
-    and what would open an HTML tag are escaped, newlines folded."""
-    escaped = HTML_TAG_START.sub(r"\\<", MARKDOWN_SPECIAL.sub(r"\\\1", str(text)))
-    return escaped.replace("\n", " ")
+    and angle brackets escaped, @mentions neutralised (a zero-width joiner after the @,
+    so nobody is pinged), control characters dropped, newlines folded."""
+    plain = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", str(text)).replace("\n", " ")
+    return MENTION.sub("@" + ZWJ, MARKDOWN_SPECIAL.sub(r"\\\1", plain))
 
 
-def _table_lines(header: list[str], body: list[list[str]], right: set[str]) -> list[str]:
-    rule = ["---:" if h in right else "---" for h in header]
-    lines = ["| " + " | ".join(md(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
-    return lines + ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+def _header(column: Column) -> str:
+    return "<br>".join(md(part) for part in column.header.split("\n"))
 
 
-def _numbered_notes(rows: list[ResultRow]) -> tuple[list[str], list[str]]:
+def _table(columns: Sequence[Column], body: list[list[str]]) -> list[str]:
+    rule = ["---:" if c.numeric else ":---" for c in columns]
+    lines = ["| " + " | ".join(_header(c) for c in columns) + " |",
+             "| " + " | ".join(rule) + " |"]
+    return lines + ["| " + " | ".join(body_line) + " |" for body_line in body]
+
+
+def _bases(rows: Sequence[ResultRow], baseline: Run | None) -> list[ResultRow | None]:
+    if baseline is None:
+        return [None] * len(rows)
+    return [match_baseline_row(r, baseline.rows) for r in rows]
+
+
+def results_table(rows: list[ResultRow], marks: list[str], columns: Sequence[Column],
+                  bases: list[ResultRow | None]) -> list[str]:
+    body = [[md(c) for c in line] for line in cells(rows, bases, columns)]
+    gate_at = next((i for i, c in enumerate(columns) if c.header == "gate"), None)
+    for line, mark in zip(body, marks, strict=True):
+        line[0] += mark
+        if gate_at is not None:
+            word = line[gate_at]
+            line[gate_at] = f"{VERDICT_ICON.get(word, '')} {word}".strip()
+    return _table(columns, body)
+
+
+def _numbered_notes(rows: list[ResultRow], extra: list[str]) -> tuple[list[str], list[str]]:
     """The notes list and, per row, the superscript marks pointing into it."""
     notes, refs = grouped_notes(rows)
     marks = [",".join(str(i + 1) for i in mine) for mine in refs]
-    return notes, [m.translate(SUPERSCRIPT).replace(",", "˒") for m in marks]
+    return notes + extra, [m.translate(SUPERSCRIPT).replace(",", "˒") for m in marks]
 
 
-def results_table(rows: list[ResultRow], marks: list[str]) -> list[str]:
-    frame = display_frame(rows)
-    body = [[str(v) for v in rec] for rec in frame.itertuples(index=False)]
-    for line, mark in zip(body, marks, strict=True):
-        line[0] += mark
-    return _table_lines(list(frame.columns), body, set(NUMERIC_HEADERS))
-
-
-def verdict_line(rows: list[ResultRow]) -> str:
-    failed = [r.variant for r in rows if r.gate.passed is False]
-    judged = [r for r in rows if r.gate.passed is not None]
-    if failed:
-        return f"**Gate: ❌ failed** for {md(', '.join(failed))}"
-    if not judged:
-        return "**Gate: not evaluated**"
-    return f"**Gate: ✅ passed** ({len(judged)} of {len(rows)} variants judged)"
+def headline(rows: list[ResultRow]) -> str:
+    """'### ❌ Gate failed: int8-max: median latency 8.96 ms > baseline 8.00 ms +10 % ...'."""
+    passed, why = verdict_summary(rows)
+    word = {True: "passed", False: "failed", None: "not evaluated"}[passed]
+    return f"### {GATE_ICON[passed]} Gate {word}: {md(why)}"
 
 
 def gate_section(rows: list[ResultRow]) -> list[str]:
-    lines = ["### Gate verdicts", ""]
+    lines = [f"<details><summary>Gate checks ({len(rows)} variants)</summary>", ""]
     for row in rows:
         lines.append(f"- {GATE_ICON[row.gate.passed]} **{md(row.variant)}**")
         lines += [f"  - {md(reason)}" for reason in row.gate.reasons]
         lines += [f"  - _{md(note)}_" for note in row.gate.notes]
-    return lines
+    return lines + ["", "</details>"]
 
 
 def environment_section(run: Run) -> list[str]:
     items = [("run", run.name), ("created", run.created), ("complete", str(run.complete))]
     items += flatten_environment(run.environment)
-    table = _table_lines(["key", "value"], [[k, v] for k, v in items], set())
-    return ["<details><summary>Environment</summary>", "", *table, "", "</details>"]
+    body = [[md(k), md(v)] for k, v in items]
+    key_value = (Column("key", lambda r, b: None, str, numeric=False),
+                 Column("value", lambda r, b: None, str, numeric=False))
+    return ["<details><summary>Environment</summary>", "", *_table(key_value, body), "",
+            "</details>"]
 
 
-def render_markdown(run: Run, thresholds: str | None = None) -> str:
-    """The whole summary; `thresholds` (GateConfig.describe()) is printed under the verdict."""
+def figure_tables() -> list[tuple[str, list[Column]]]:
+    """FIGURE_TABLES as columns; every column of COLUMNS appears in one of them."""
+    placed = {h for _, headers in FIGURE_TABLES for h in headers}
+    tables = [(name, [c for c in COLUMNS if c.header in headers])
+              for name, headers in FIGURE_TABLES]
+    tables[-1][1].extend(c for c in COLUMNS if c.header not in placed)
+    return tables
+
+
+def all_figures_section(rows: list[ResultRow], bases: list[ResultRow | None]) -> list[str]:
+    lines = ["<details><summary>All figures</summary>", ""]
+    marks = [""] * len(rows)
+    for name, columns in figure_tables():
+        shown = layout(rows, bases, None, columns=columns)
+        lines += [f"**{name}**", "", *results_table(rows, marks, shown.columns, bases), ""]
+    return lines + ["</details>"]
+
+
+def baseline_line(baseline: Run | None, source: str | None) -> str:
+    if baseline is None:
+        return f"Baseline: none{f' (no {md(source)})' if source else ''}."
+    where = f" ({md(source)})" if source else ""
+    return f"Baseline: run {md(baseline.name)}{where}, created {md(baseline.created)}."
+
+
+def render_markdown(run: Run, thresholds: str | None = None, *, baseline: Run | None = None,
+                    baseline_source: str | None = None) -> str:
+    """The whole summary. thresholds: GateConfig.describe(), shown under the table;
+    baseline: the run the gate compared with (its rows fill the "base" columns);
+    baseline_source: where it came from, or why there is none."""
     rows = list(run.rows)
-    notes, marks = _numbered_notes(rows)
-    lines = [f"## Benchmark: {md(title_of(rows))}", ""]
+    bases = _bases(rows, baseline)
+    comment = [c for c in COLUMNS if c.header in COMMENT_HEADERS]
+    shown = layout(rows, bases, None, columns=comment)
+    notes, marks = _numbered_notes(rows, layout_notes(shown, None))
+    lines = [headline(rows), "",
+             f"**{md(title_of(rows))}** · {md(environment_line(run.environment))}", ""]
     if not run.complete:
         lines += ["> [!WARNING]", "> Partial run (complete: false): not every variant ran.", ""]
-    lines += [verdict_line(rows), ""]
-    if thresholds:
-        lines += [f"Thresholds: {md(thresholds)}", ""]
-    lines += results_table(rows, marks) + [""]
+    lines += results_table(rows, marks, shown.columns, bases) + [""]
+    lines += [f"<sub>fp32: against this run's fp32 row · base: against the baseline. "
+              f"{baseline_line(baseline, baseline_source)}"
+              + (f" Thresholds: {md(thresholds)}" if thresholds else "") + "</sub>", ""]
+    if notes:
+        lines += [f"{i}. {md(n)}" for i, n in enumerate(notes, 1)] + [""]
+    lines += all_figures_section(rows, bases) + [""]
     if any(r.gate.lines for r in rows):
         lines += gate_section(rows) + [""]
-    if notes:
-        lines += ["### Notes", ""] + [f"{i}. {md(n)}" for i, n in enumerate(notes, 1)] + [""]
     return "\n".join(lines + environment_section(run)) + "\n"

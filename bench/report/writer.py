@@ -1,5 +1,5 @@
 """Writing a run folder: results/runs/<id>/{report.json, report.csv, summary.md,
-pareto.png, benchmark.json}, each file atomically, then pointing results/latest at it.
+summary.txt, pareto.png, benchmark.json}, each file atomically, then pointing results/latest at it.
 
 report.json is written last and lists the files written before it: a run folder with a
 report.json is whole on disk, and one killed before it has none (nothing to promote).
@@ -20,6 +20,7 @@ from bench.atomic import atomic_symlink, atomic_write_text
 from bench.report.frame import rows_to_frame
 from bench.report.render_markdown import render_markdown
 from bench.report.render_plot import write_pareto
+from bench.report.render_rich import render_text
 from bench.report.rows import ResultRow
 from bench.report.runs import REPORT_NAME, Run
 
@@ -50,12 +51,22 @@ def _json_text(data: Any) -> str:
     return json.dumps(data, indent=2, default=str) + "\n"
 
 
+def _baseline_info(baseline: Run | None, source: str | None) -> dict[str, Any] | None:
+    """Which baseline the run was judged against: run id, commit, date, host, file."""
+    from bench.report.judge import BaselineInfo
+
+    return BaselineInfo.of(baseline, source or "").to_dict() if baseline is not None else None
+
+
 def write_files(run_dir: Path, run: Run, benchmark_json: Mapping | None,
-                thresholds: str | None) -> None:
+                thresholds: str | None, baseline: Run | None = None,
+                baseline_source: str | None = None) -> None:
     atomic_write_text(run_dir / "report.csv", rows_to_frame(run.rows).to_csv(index=False))
-    atomic_write_text(run_dir / "summary.md", render_markdown(run, thresholds))
+    atomic_write_text(run_dir / "summary.md", render_markdown(
+        run, thresholds, baseline=baseline, baseline_source=baseline_source))
+    atomic_write_text(run_dir / "summary.txt", render_text(run, baseline=baseline))
     write_pareto(run.rows, run_dir / "pareto.png")
-    files = ["report.csv", "summary.md", "pareto.png"]
+    files = ["report.csv", "summary.md", "summary.txt", "pareto.png"]
     if benchmark_json is not None:
         atomic_write_text(run_dir / "benchmark.json", _json_text(benchmark_json))
         files.append("benchmark.json")
@@ -66,19 +77,20 @@ def write_files(run_dir: Path, run: Run, benchmark_json: Mapping | None,
 def write_run(run_dir: Path, environment: Mapping[str, Any], rows: Iterable[ResultRow],
               benchmark_json: Mapping[str, Any] | None = None, complete: bool = True, *,
               results_dir: Path | None = None, thresholds: str | None = None,
-              baseline: Any = None) -> Path:
+              baseline: Run | None = None, baseline_source: str | None = None) -> Path:
     """Write every file of a run and update `latest`; returns the run dir.
 
     results_dir (where `latest` goes) defaults to the parent of runs/ when run_dir is
     results/runs/<id>; otherwise no link is made. thresholds (GateConfig.describe()) is
-    printed in summary.md.
+    printed in summary.md; baseline (the run gated against) fills the summaries' "base"
+    columns and baseline_source says where it came from (or why there is none).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(environment=dict(environment), rows=tuple(rows), complete=bool(complete),
               created=utc_now().isoformat(timespec="seconds"), run_id=run_dir.name,
-              baseline=baseline.to_dict() if baseline is not None else None)
-    write_files(run_dir, run, benchmark_json, thresholds)
+              baseline=_baseline_info(baseline, baseline_source))
+    write_files(run_dir, run, benchmark_json, thresholds, baseline, baseline_source)
     link_home = results_dir if results_dir is not None else _results_dir_of(run_dir)
     if link_home is not None:
         update_latest(link_home, run_dir)

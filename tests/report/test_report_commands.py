@@ -74,3 +74,28 @@ def test_baseline_promote_cli(results_dir, write_report_only, capsys):
                  "--results", str(results_dir)) == 0
     assert json.loads(target.read_text())["promoted_from"] == "r1"
     assert "promoted r1 ->" in capsys.readouterr().out
+
+
+def test_compare_takes_run_paths_as_the_readme_writes_them(results_dir, write_report_only,
+                                                           capsys, monkeypatch):
+    ok = [make_row("fp32", map=0.612, latency_ms=lat(20.0))]
+    write_report_only("a", rows=ok)
+    write_report_only("b", rows=[make_row("fp32", map=0.600, latency_ms=lat(20.0))])
+    monkeypatch.chdir(results_dir.parent)
+    # runs/<id> under the results folder, the run dir itself, and an id all name a run
+    assert bench("compare", "runs/a", str(results_dir / "runs" / "b"),
+                 "--results", str(results_dir)) == 1
+    assert "mAP 0.600 < baseline 0.612 − 0.005 = 0.607" in capsys.readouterr().out
+    # the suite's option name; the old one is still accepted
+    assert bench("compare", "a", "b", "--map-tolerance", "0.02",
+                 "--results", str(results_dir)) == 0
+    assert bench("compare", "a", "b", "--max-map-drop", "0.02",
+                 "--results", str(results_dir)) == 0
+
+
+def test_report_text_is_summary_txt(results_dir, write_standard_run, capsys):
+    run_dir = write_standard_run("r1")
+    assert bench("report", "r1", "--text", "--results", str(results_dir)) == 0
+    out = capsys.readouterr().out
+    assert out == (run_dir / "summary.txt").read_text()
+    assert "\x1b[" not in out and "int8-max" in out and max(map(len, out.splitlines())) <= 100

@@ -9,7 +9,8 @@ from bench.report.frame import frame_columns, rows_to_frame
 from bench.report.gate import GateConfig, gate_rows
 from bench.report.render_markdown import render_markdown
 from bench.report.render_plot import pareto_figure, pareto_front, pareto_points, write_pareto
-from bench.report.render_rich import print_run
+from bench.report.render_rich import print_run, render_text
+from bench.report.rows import derive_relative
 from bench.report.runs import Run
 
 
@@ -25,26 +26,58 @@ def test_frame_has_one_row_per_result_and_fixed_columns():
     assert list(rows_to_frame([]).columns) == frame_columns()
 
 
-def test_markdown_has_title_table_reasons_footnotes_and_environment():
+def test_markdown_headline_gives_verdict_and_reason_then_a_comment_sized_table():
     md = render_markdown(judged_run(), thresholds=GateConfig().describe())
-    assert md.startswith("## Benchmark: yolov7-tiny · onnxruntime · cpu")
-    assert "| variant | status | mAP | ΔmAP |" in md
-    assert "| int8-max¹ | ok | 0.512 | −0.100 |" in md  # shares fp16's power note
-    assert "**Gate: ❌ failed** for int8-max, int8-mse" in md
-    assert "  - mAP 0.512 < floor 0.95 × fp32 0.612 = 0.581" in md
-    assert "fp16¹" in md and "1. fp16, int8-max: no power figure (no power source)" in md
+    first = md.splitlines()[0]
+    assert first.startswith("### ❌ Gate failed: int8-max: mAP 0.512 \\< floor 0.95 × fp32")
+    header = next(line for line in md.splitlines() if line.startswith("| variant"))
+    assert header == ("| variant | mAP | ΔmAP<br>fp32 | median<br>ms | speedup<br>fp32 | "
+                      "size<br>MB | gate |")  # no baseline, no power: those columns dropped
+    assert "| int8-max¹ | 0.512 | −0.100 | 8.00 | 2.50× | — | ❌ FAIL |" in md
+    assert "| int8-mse³ | — | — | — | — | — | 💥 error |" in md
+    assert "1. fp16, int8-max: no power figure (no power source)" in md
     assert "int8-qat skipped: TensorRT not installed" in md
     assert "ModelError: Q/DQ \\| \\[bad\\] scale" in md  # escaped, shown literally
-    assert "<details><summary>Environment</summary>" in md and "| host.cpu | AMD EPYC 7B13 |" in md
-    assert "Thresholds: floors: fp16 ≥ 0.99×fp32" in md
+    assert "not shown, no figure in any row: ΔmAP base, latency base" in md
+    assert "Thresholds: floors: fp16 ≥ 0.99×fp32" in md and "Baseline: none." in md
+    for summary in ("All figures", "Gate checks (5 variants)", "Environment"):
+        assert f"<details><summary>{summary}</summary>" in md
+    assert "| host.cpu | AMD EPYC 7B13 |" in md
+
+
+def test_markdown_shows_the_change_against_the_baseline():
+    base = judged_run([make_row("fp32", map=0.612, latency_ms=lat(20.0)),
+                       make_row("int8-max", map=0.600, latency_ms=lat(8.0))])
+    now = gate_rows(derive_relative([make_row("fp32", map=0.612, latency_ms=lat(20.0)),
+                                     make_row("int8-max", map=0.590, latency_ms=lat(9.0))]),
+                    make_env(), base)
+    run = Run(make_env(), tuple(now), True, "2025-01-02T00:00:00", run_id="r2")
+    md = render_markdown(run, baseline=base, baseline_source="results/baseline.json")
+    assert "| int8-max¹ | 0.590 | −0.022 | 9.00 | 2.22× | −0.010 | +12.5 % | ❌ FAIL |" in md
+    assert md.splitlines()[0] == ("### ❌ Gate failed: int8-max: mAP 0.590 \\< baseline "
+                                  "0.600 − 0.005 = 0.595")
+    assert "(results/baseline.json)" in md
+
+
+def test_markdown_neutralises_mentions_and_html():
+    rows = [make_row("fp32", model="@octocat <b>x</b>.onnx", error=None)]
+    md = render_markdown(judged_run(rows))
+    assert "@octocat" not in md and "@\u200doctocat" in md
+    assert "<b>" not in md and "\\<b\\>" in md
 
 
 def test_markdown_warns_on_partial_run_and_table_rows_are_well_formed():
     md = render_markdown(judged_run(complete=False))
     assert "Partial run (complete: false)" in md
-    table = [line for line in md.splitlines() if line.startswith("| ") and "ms" not in line
-             and line.count("|") > 3 and "key" not in line]
-    assert all(line.replace("\\|", "").count("|") == 15 for line in table)
+    tables: dict[int, list[str]] = {}
+    block = 0
+    for line in md.splitlines():
+        if line.startswith("| "):
+            tables.setdefault(block, []).append(line.replace("\\|", ""))
+        else:
+            block += 1
+    for lines in tables.values():
+        assert len({line.count("|") for line in lines}) == 1, lines
 
 
 def test_pareto_front_drops_dominated_points():
@@ -84,13 +117,44 @@ def test_rich_render_handles_failed_skipped_and_empty_power():
     rows = standard_rows() + [make_row("fp16", status="ok", power_w=None, power_reason=None,
                                        map=None, latency_ms=None, throughput_ips=None,
                                        backend="tensorrt")]
-    print_run(judged_run(rows), console)
+    print_run(judged_run(rows), console, verbosity=1)
     out = buffer.getvalue()
     assert "int8-mse failed: ModelError: Q/DQ | [bad] scale" in out  # no markup eaten
     assert "int8-qat skipped: TensorRT not installed" in out
     assert "fp16: no power figure (no reason recorded)" in out
     assert "mAP 0.512 < floor 0.95 × fp32 0.612 = 0.581" in out
-    assert "host.cpu" in out and "✗" in out and "—" in out
+    assert "host.cpu" in out and "FAIL" in out and "—" in out
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_rich_table_fits_the_width_and_never_cuts_a_figure(width):
+    rows = standard_rows() + [make_row("int8-percentile", map=0.6, latency_ms=lat(9.0))]
+    text = render_text(judged_run(rows), width)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width and "…" not in text
+    row = next(line for line in lines if line.startswith("int8-percentile"))
+    assert row.split()[:2] == ["int8-percentile", "0.600"] and row.split()[-1] == "pass"
+    assert "9.00" in row  # the median
+    assert lines[0].startswith("run ") and "host.cpu" not in text  # environment: one line
+    if width == 80:
+        assert "not shown at 80 columns: " in text and "p99 ms" in text
+    else:
+        assert "not shown at" not in text and "p99" in lines[2]
+    assert "not shown, no figure in any row: ΔmAP base, latency base" in text
+    assert "\n✗ gate failed — int8-max: mAP 0.512 < floor" in text
+
+
+def test_rich_title_and_names_are_not_markup_nor_control_codes():
+    rows = [make_row("fp32", model="[bold red]X[/bold red]\x1b]0;pwned\x07.onnx")]
+    text = render_text(judged_run(rows), 160)
+    assert "[bold red]X[/bold red]\\x1b]0;pwned\\x07.onnx" in text
+    assert "\x1b" not in text and "\x07" not in text
+
+
+def test_quiet_verbosity_keeps_the_table_and_the_verdict():
+    text = render_text(judged_run(), 120, verbosity=-1)
+    assert "notes" not in text and "run " not in text.splitlines()[0]
+    assert "int8-max" in text and text.rstrip().splitlines()[-1].startswith("✗ gate failed")
 
 
 def test_paired_speedups_are_explained_in_the_notes():
