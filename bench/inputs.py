@@ -76,6 +76,12 @@ def resolve_inputs(cfg: BenchConfig) -> RunInputs:
     imgsz = _imgsz(cfg, model)
     shapes = model_graph.shapes(model.proto)
     layout, from_shape = model_graph.layout_of(model.proto, shapes)
+    if not layout and cfg.backend != "tensorrt":
+        layout, from_shape = _probe_layout(model, imgsz)
+    if layout == model_graph.UNKNOWN:
+        raise ModelError(f"model {model.path}: unknown output layout: {_outputs_of(model)}; "
+                         f"expected {_layouts_known()} (a YOLOv7 export needs --grid or "
+                         "--end2end)")
     classes = _model_classes(cfg, model, shapes, from_shape)
     class_map = _class_map(cfg, model, classes)
     dataset, calib, calib_label = _datasets(cfg, class_map)
@@ -169,6 +175,43 @@ def _check_backend_ops(model: _Model, backend: str) -> None:
             raise ModelError(f"model {model.path}: {reason} (node {node.name or '?'!r}"
                              f"{f' and {count - 1} more' if count > 1 else ''}; "
                              f"backend {backend})")
+
+
+def _outputs_of(model: _Model) -> str:
+    dims = model_graph.shapes(model.proto)
+    return ", ".join(f"{o.name} {[d if d else '?' for d in dims.get(o.name, [])]}"
+                     for o in model.proto.graph.output)
+
+
+def _layouts_known() -> str:
+    from bench.eval.layouts import LAYOUTS
+
+    return ", ".join(layout.description or layout.name for layout in LAYOUTS.values())
+
+
+def _probe_layout(model: _Model, imgsz: int) -> tuple[str, int | None]:
+    """Output dims not static (a dynamic batch or H/W export): run the model once on a
+    blank image with ONNX Runtime, so the layout and class count are known before any
+    variant; a model that cannot run at imgsz is refused here, not in every row."""
+    import onnxruntime as ort
+
+    from bench.errors import first_line
+
+    batch = model.dims[0] if isinstance(model.dims[0], int) and model.dims[0] > 0 else 1
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.proto.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(None, {model.input_name: np.zeros((batch, 3, imgsz, imgsz),
+                                                                np.float32)})
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise ModelError(f"model {model.path}: ONNX Runtime cannot run it at {imgsz}x{imgsz} "
+                         f"({first_line(exc)}); give --imgsz the size it was exported at"
+                         ) from None
+    return model_graph.layout_of_outputs(dict(zip(names, values, strict=True)))
 
 
 # --- input size ---------------------------------------------------------------------------

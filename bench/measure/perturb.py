@@ -140,12 +140,13 @@ def calibrate_slowdown(src: str | Path, dst: str | Path, batch: np.ndarray, *,
     convolutions, scale the depth linearly to the target, write and time that. Returns the
     path, the depth and the measured slowdown (an Interval: check it before trusting it)."""
     timing = {"threads": threads, "blocks": blocks, "calls": calls}
-    convs, measured = probe_convs, None
+    convs = probe_convs
     for _ in range(2):  # measure, rescale the depth linearly; once more from the better guess
         write_slowed_model(src, dst, convs, channels, stride)
         measured = measure_slowdown(src, dst, batch, **timing)
         per_conv = max((measured.estimate - 1.0) / convs, 1e-4)
-        better = max(1, int(round((target - 1.0) / per_conv)))
+        # a noisy measurement near 1 must not ask for a thousand convolutions
+        better = min(4 * convs, max(1, int(round((target - 1.0) / per_conv))))
         if better == convs:
             return Path(dst), convs, measured
         convs = better

@@ -10,6 +10,7 @@ from bench.engines.ort import OrtEngine
 from bench.errors import ModelError
 from bench.eval.coco_eval import evaluate
 from bench.measure.perturb import (
+    calibrate_slowdown,
     find_factor,
     measure_slowdown,
     write_shrunk_boxes_model,
@@ -93,3 +94,13 @@ def test_find_factor_hits_a_map_drop_measured_by_cocoeval(tmp_path):
     factor, drop = find_factor(lambda f: full - map_at(f), 0.05, tolerance=0.01)
     assert 0.5 < factor < 1.0 and abs(drop - 0.05) <= 0.01
     assert full - map_at(factor) == pytest.approx(drop)
+
+
+def test_calibrate_slowdown_writes_a_model_near_the_target(tmp_path, images):
+    dst = tmp_path / "cal" / "yolov7_default.onnx"
+    path, convs, measured = calibrate_slowdown(DEFAULT, dst, images[:1], target=1.5,
+                                               channels=8, stride=2, probe_convs=4,
+                                               blocks=5, calls=3)
+    print(f"calibrated to 1.5x: {convs} convs, measured {measured.fmt_ratio()}")
+    assert path == dst and convs >= 2 and measured.estimate > 1.15
+    assert np.array_equal(_run(DEFAULT, images[:1])["output"], _run(dst, images[:1])["output"])

@@ -70,17 +70,24 @@ def output_placeholders(model: onnx.ModelProto, dims: dict[str, list[int | None]
     return arrays
 
 
+UNKNOWN = "unknown"
+
+
 def layout_of(model: onnx.ModelProto, dims: dict[str, list[int | None]]) -> tuple[str, int | None]:
-    """The registered layout of the graph's outputs ('' when unknown before running) and the
-    class count its shapes tell (None after NMS, or when a dim is dynamic)."""
+    """The registered layout of the graph's outputs ('' when the dims are not static, so it
+    cannot be told before running; UNKNOWN when no registered layout fits) and the class
+    count their shapes tell (None after NMS)."""
     arrays = output_placeholders(model, dims)
-    if arrays is None:
-        return "", None
+    return ("", None) if arrays is None else layout_of_outputs(arrays)
+
+
+def layout_of_outputs(arrays: dict[str, np.ndarray]) -> tuple[str, int | None]:
+    """layout_of for actual output arrays (one inference's)."""
     for layout in LAYOUTS.values():
         names = layout.matches(arrays, None)
         if names:
             return layout.name, layout.num_classes(arrays, tuple(names))
-    return "", None
+    return UNKNOWN, None
 
 
 def metadata_classes(model: onnx.ModelProto) -> ClassCount | None:
