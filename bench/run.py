@@ -165,7 +165,8 @@ class RunContext:
         _check_writable(Path(cfg.cache_dir), "cache_dir")
         from bench.atomic import sweep_stale
 
-        sweep_stale(Path(cfg.results_dir))  # temporaries of runs killed while writing
+        if Path(cfg.results_dir).is_dir():
+            sweep_stale(Path(cfg.results_dir))  # temporaries of runs killed while writing
         from bench.report.baseline import load_baseline
 
         load_baseline(Path(cfg.baseline))  # a corrupt or other-schema file raises here
@@ -177,11 +178,16 @@ def _digest(parts: object) -> str:
 
 
 def _check_writable(folder: Path, option: str) -> None:
-    """Create the folder and write a probe file in it, so that a run never finds out at
-    its end that it cannot write its results."""
+    """Write (and remove) a probe file in the folder, or in its nearest existing parent
+    when it does not exist yet, so that a run never finds out at its end that it cannot
+    write its results. Nothing is created or left behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bench-write-probe-{os.getpid()}"
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        probe = existing / f".bench-write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.config import BenchConfig, load_config
 from bench.errors import BenchError
 from bench.report.baseline import comparability, promote
-from bench.report.gate import GateConfig, gate_passed, gate_rows
+from bench.report.gate import gate_passed
 from bench.report.render_compare import compare_renderable
 from bench.report.render_markdown import render_markdown
 from bench.report.render_rich import make_console, print_run, render_text
@@ -69,9 +69,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @one_line_errors("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.report.judge import Judge, gate_config
+
     a, b = _load(args.a, args.results), _load(args.b, args.results)
-    cfg = GateConfig(map_drop_abs=args.map_tolerance, latency_growth=args.latency_tolerance)
-    judged = gate_rows(b.rows, b.environment, a, cfg)
+    # The suite's gate: its configured floors, with the tolerances given here.
+    settings = _settings().with_(map_tolerance=args.map_tolerance,
+                                 latency_tolerance=args.latency_tolerance)
+    judge = Judge(gate_config(settings), a, b.environment,
+                  fail_inconclusive=settings.fail_inconclusive)
+    judged = judge.judge_all(b.rows)
     comp = comparability(a.environment, b.environment)
     make_console().print(compare_renderable(a, b, judged, comp))
     return EXIT_OK if gate_passed(judged) else EXIT_GATE_FAILED
@@ -86,13 +92,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _defaults() -> dict[str, object]:
+def _settings() -> BenchConfig:
     """The suite's own settings (BENCH_* environment, [tool.bench] of ./pyproject.toml), so
-    that `bench` and `pytest suites/` agree on the results folder and tolerances."""
+    that `bench` and `pytest suites/` agree on the results folder, floors and tolerances."""
     try:
-        cfg = load_config()
+        return load_config()
     except BenchError:  # a bad setting is reported by the suite; fall back to defaults
-        cfg = BenchConfig()
+        return BenchConfig()
+
+
+def _defaults() -> dict[str, object]:
+    cfg = _settings()
     return {"results": cfg.results_dir, "map_tolerance": cfg.map_tolerance,
             "latency_tolerance": cfg.latency_tolerance}
 

@@ -12,10 +12,21 @@ def lat(median: float) -> dict[str, float]:
             "mean": median * 1.05, "min": median * 0.9}
 
 
+def blocks(median: float) -> dict:
+    """What the measurer stores: variant blocks beside a steady 1 ms speed probe."""
+    return {"blocks": {"variant_ms": [median] * 5, "probe_ms": [1.0] * 6, "reference_ms": []}}
+
+
 def make_row(variant: str, status: str = "ok", **kw) -> ResultRow:
+    """A row as the session writes it: ok rows carry an evaluation fingerprint, the probe
+    median and latency blocks (so mAP and latency compare with a baseline's)."""
     defaults = dict(COMMON)
     if status == "ok":
-        defaults.update(map=0.6, map50=0.8, latency_ms=lat(10.0), throughput_ips=100.0)
+        defaults.update(map=0.6, map50=0.8, latency_ms=lat(10.0), throughput_ips=100.0,
+                        eval_fingerprint="e1", probe_ms=1.0)
+        median = kw.get("latency_ms", defaults["latency_ms"])
+        if median is not None and "extra" not in kw:
+            defaults["extra"] = blocks(median["median"])
     if status == "failed":
         defaults["error"] = "ModelError: boom"
     if status == "skipped":

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 from report_builders import lat, make_env, make_row
 
@@ -16,8 +18,8 @@ def judge(row, base=None, comp=SAME, cfg=None, fp32=FP32):
 
 @pytest.mark.parametrize("variant, floor", [
     ("fp16", 0.99), ("int8-max", 0.95), ("int8-entropy", 0.95), ("int8-percentile", 0.95),
-    ("int8-mse", 0.95), ("trt-entropy2", 0.95), ("trt-minmax", 0.95), ("int8-qat", 0.99), ("fp32", None),
-    ("torch", None),
+    ("int8-mse", 0.95), ("trt-entropy2", 0.95), ("trt-minmax", 0.95), ("int8-qat", 0.99),
+    ("fp32", None), ("torch", None),
 ])
 def test_default_floors_follow_mlperf(variant, floor):
     assert GateConfig().floor_for(variant) == floor
@@ -130,7 +132,12 @@ def test_gate_rows_uses_run_fp32_and_baseline_environment():
     notes = judged[0].gate.notes
     assert any(n.startswith("latency not comparable: host.cpu differs") for n in notes)
     assert not gate_passed(judged)
-    # same machine, but rows without probe-normalised blocks: never a raw-median verdict
+    # same machine: 30 ms against 10 ms, probe-normalised, is a regression
     same_machine = gate_rows(rows[:1], make_env(), Run(make_env(), base_rows, True, "t0"))
-    assert same_machine[0].gate.passed is True
-    assert any("no probe-normalised blocks" in n for n in same_machine[0].gate.notes)
+    assert same_machine[0].gate.passed is False
+    assert "regression" in same_machine[0].gate.reasons[0]
+    # without probe-normalised blocks on one side: never a raw-median verdict
+    bare = [replace(rows[0], extra={})]
+    unblocked = gate_rows(bare, make_env(), Run(make_env(), base_rows, True, "t0"))
+    assert unblocked[0].gate.passed is True
+    assert any("no probe-normalised blocks" in n for n in unblocked[0].gate.notes)

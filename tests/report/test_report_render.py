@@ -29,7 +29,7 @@ def test_frame_has_one_row_per_result_and_fixed_columns():
 def test_markdown_headline_gives_verdict_and_reason_then_a_comment_sized_table():
     md = render_markdown(judged_run(), thresholds=GateConfig().describe())
     first = md.splitlines()[0]
-    assert first.startswith("### ❌ Gate failed: int8-max: mAP 0.512 \\< floor 0.95 × fp32")
+    assert first.startswith("### ❌ Gate failed: int8-max: mAP 0.5120 \\< floor 0.95 × fp32")
     header = next(line for line in md.splitlines() if line.startswith("| variant"))
     assert header == ("| variant | mAP | ΔmAP<br>fp32 | median<br>ms | speedup<br>fp32 | "
                       "size<br>MB | gate |")  # no baseline, no power: those columns dropped
@@ -54,8 +54,8 @@ def test_markdown_shows_the_change_against_the_baseline():
     run = Run(make_env(), tuple(now), True, "2025-01-02T00:00:00", run_id="r2")
     md = render_markdown(run, baseline=base, baseline_source="results/baseline.json")
     assert "| int8-max¹ | 0.590 | −0.022 | 9.00 | 2.22× | −0.010 | +12.5 % | ❌ FAIL |" in md
-    assert md.splitlines()[0] == ("### ❌ Gate failed: int8-max: mAP 0.590 \\< baseline "
-                                  "0.600 − 0.005 = 0.595")
+    assert md.splitlines()[0] == ("### ❌ Gate failed: int8-max: mAP 0.5900 \\< baseline "
+                                  "0.6000 − 0.005 = 0.5950")
     assert "(results/baseline.json)" in md
 
 
@@ -122,7 +122,7 @@ def test_rich_render_handles_failed_skipped_and_empty_power():
     assert "int8-mse failed: ModelError: Q/DQ | [bad] scale" in out  # no markup eaten
     assert "int8-qat skipped: TensorRT not installed" in out
     assert "fp16: no power figure (no reason recorded)" in out
-    assert "mAP 0.512 < floor 0.95 × fp32 0.612 = 0.581" in out
+    assert "mAP 0.5120 < floor 0.95 × fp32 0.6120 = 0.5814" in out
     assert "host.cpu" in out and "FAIL" in out and "—" in out
 
 
@@ -141,7 +141,7 @@ def test_rich_table_fits_the_width_and_never_cuts_a_figure(width):
     else:
         assert "not shown at" not in text and "p99" in lines[2]
     assert "not shown, no figure in any row: ΔmAP base, latency base" in text
-    assert "\n✗ gate failed — int8-max: mAP 0.512 < floor" in text
+    assert "\n✗ gate failed — int8-max: mAP 0.5120 < floor" in text
 
 
 def test_rich_title_and_names_are_not_markup_nor_control_codes():
@@ -154,7 +154,8 @@ def test_rich_title_and_names_are_not_markup_nor_control_codes():
 def test_quiet_verbosity_keeps_the_table_and_the_verdict():
     text = render_text(judged_run(), 120, verbosity=-1)
     assert "notes" not in text and "run " not in text.splitlines()[0]
-    assert "int8-max" in text and text.rstrip().splitlines()[-1].startswith("✗ gate failed")
+    last = [line for line in text.rstrip().splitlines() if line.startswith("✗ gate failed")]
+    assert "int8-max" in text and last and text.rstrip().endswith("scale")
 
 
 def test_paired_speedups_are_explained_in_the_notes():
