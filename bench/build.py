@@ -39,6 +39,7 @@ class BuildContext:
     calib_id: str  # identifies the calibration images (contents + count + imgsz)
     cache: ArtifactCache
     qat_batches: CalibBatches | None = None
+    qat_calib_id: str = ""  # identifies the QAT images (contents + count + batch)
     fixed_batch: int | None = None
     # calibrator -> mAP measured in this run; int8-qat's "best" init picks from it.
     ptq_maps: dict[str, float] = field(default_factory=dict)
@@ -137,8 +138,10 @@ BUILDERS: dict[str, Callable[[VariantSpec, BuildContext], Artifact]] = {
 
 
 def quant_settings(ctx: BuildContext, method: str | None) -> dict[str, Any]:
+    from bench.quant.qdq import FORMAT_VERSION
+
     settings = {"method": method, "profile": ctx.cfg.profile, "calib": ctx.calib_id,
-                "keep_float": list(ctx.cfg.keep_float)}
+                "keep_float": list(ctx.cfg.keep_float), "qdq_format": FORMAT_VERSION}
     if method == "percentile":
         settings["percentile"] = ctx.cfg.percentile
     return settings

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engines.registry import backend_names
 from bench.errors import ConfigError
+from bench.power.registry import source_names
 from bench.variants import all_variants, default_variants, qat_inits, registry
 
 if sys.version_info >= (3, 11):
@@ -28,10 +30,10 @@ else:  # JetPack 6 ships Python 3.10
 # Variant names come from the registry (bench.variants); these are its built-in entries.
 ORT_VARIANTS = default_variants()
 ALL_VARIANTS = all_variants()
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+BACKENDS = backend_names()  # the built-in ones; the registry is the truth
 DEVICES = ("cpu", "cuda")
 QDQ_PROFILES = ("tensorrt", "cpu")
-POWER_SOURCES = ("auto", "jtop", "nvml", "rapl", "none")
+POWER_SOURCES = source_names()  # "auto" and the registered sources
 KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
 EVALUATORS = ("faster", "pycocotools")
 MAX_IMGSZ = 4096  # above this a letterboxed batch alone takes gigabytes
@@ -93,9 +95,9 @@ class BenchConfig:
     class_map: Path | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, backend_names())
         _check_choice("device", self.device, DEVICES)
-        _check_choice("power", self.power, POWER_SOURCES)
+        _check_choice("power", self.power, source_names())
         _check_choice("qat_init", self.qat_init, qat_inits())
         _check_choice("evaluator", self.evaluator, EVALUATORS)
         if self.qdq_profile is not None:

@@ -28,18 +28,24 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def collect_environment(cfg: BenchConfig, inputs: Any | None) -> dict[str, Any]:
+def collect_environment(cfg: BenchConfig, inputs: Any | None,
+                        runtime: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """runtime: what the engine itself reported (runtime_version, device_name), which wins
+    over what the harness can find out from outside (a TensorRT rig has no torch)."""
+    runtime = runtime or {}
     env = {
         "backend": cfg.backend,
         # The device's model is part of its identity: latency on one GPU or CPU model is
         # never compared with another's.
-        "device": f"{cfg.device}: {device_name(cfg)}",
+        "device": f"{cfg.device}: {runtime.get('device_name') or device_name(cfg)}",
         "host": {"name": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                  "isa": cpu_isa_flags()},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "bench": __version__,
-        "versions": package_versions(),
+        "versions": {**package_versions(),
+                     **({cfg.backend: runtime["runtime_version"]}
+                        if runtime.get("runtime_version") else {})},
         "commit": git_commit(),
         "threads": cfg.threads,
         "qdq_profile": cfg.profile,

@@ -20,6 +20,7 @@ import numpy as np
 from bench.cache import ArtifactCache, file_sha256
 from bench.config import BenchConfig
 from bench.errors import BenchError, ConfigError
+from bench.variants import spec_of
 
 if TYPE_CHECKING:
     from bench.build import BuildContext
@@ -79,6 +80,8 @@ class RunContext:
                                                            batch=inputs.fixed_batch or 1),
                 qat_batches=lambda: inputs.calib_batches(cfg.qat_images, batch=qat_batch),
                 calib_id=self.calibration_fingerprint().digest, fixed_batch=inputs.fixed_batch,
+                qat_calib_id=self._qat_fingerprint(qat_batch)
+                if any(spec_of(v).builder == "qat" for v in cfg.variants) else "",
                 cache=ArtifactCache(Path(cfg.cache_dir) / "artifacts"))
         return self._build
 
@@ -155,6 +158,13 @@ class RunContext:
                                          batch=inputs.fixed_batch or 1)
         return Fingerprint(digest, f"{cfg.calib_count} images of {inputs.calib_label} "
                                    f"at {inputs.imgsz} px")
+
+    def _qat_fingerprint(self, batch: int) -> str:
+        from bench.data.calibration import calibration_fingerprint
+
+        inputs = self.inputs()
+        return calibration_fingerprint(inputs.calib_source, self.cfg.qat_images, inputs.imgsz,
+                                       batch=batch)
 
     # -- checks before any work -----------------------------------------------------------
     def check_before_work(self) -> None:

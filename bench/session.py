@@ -173,8 +173,8 @@ class BenchSession:
 
         if self._environment is not None:
             return self._environment
-        environment = collect_environment(self.cfg, self.run.resolved)
-        if self.run.resolved is not None:  # complete: kept for the rest of the run
+        environment = collect_environment(self.cfg, self.run.resolved, self.refs.runtime)
+        if self.run.resolved is not None and self.refs.runtime:  # complete: kept
             self._environment = environment
         return environment
 

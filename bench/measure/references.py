@@ -31,15 +31,22 @@ class References:
         self._anchor: Engine | None = None
         self._probe: Engine | None = None
         self.errors: dict[str, str] = {}  # "fp32" / "probe" -> why it could not open
+        self.runtime: dict[str, str | None] = {}  # the first engine's version and device
         self._power_source: Any = None  # the source "auto" picked, or its NoneSampler
 
     def open(self, variant: str, path: Path) -> Engine:
         """An active engine for one variant's artifact, with the run's sizes."""
         from bench.engines.factory import make_engine
 
-        context = self.run.build_context()
-        return make_engine(self.cfg, spec_of(variant), path, calibration=context.calib_batches,
-                           calibration_id=context.calib_id).activate()
+        inputs, context, cfg = self.run.inputs(), self.run.build_context(), self.cfg
+        engine = make_engine(cfg, spec_of(variant), path, calibration=context.calib_batches,
+                             calibration_id=context.calib_id, image_size=inputs.imgsz,
+                             max_batch=max(cfg.batch, cfg.eval_batch, inputs.fixed_batch or 1)
+                             ).activate()
+        if not self.runtime:  # what the environment record says the run ran on
+            self.runtime = {"runtime_version": engine.runtime_version(),
+                            "device_name": engine.device_name()}
+        return engine
 
     def anchor(self, variant: str) -> Engine | None:
         """The fp32 engine, for every variant but fp32 itself."""
@@ -81,12 +88,14 @@ class References:
         from bench.power.auto import make_sampler
 
         interval = self.cfg.power_interval_s
+        # NVML must read the GPU the engine runs on (matched by PCI bus id)
+        device = self.cfg.device if self.cfg.device.startswith("cuda") else None
         if self._power_source is None:
-            first = make_sampler(self.cfg.power, interval_s=interval)
+            first = make_sampler(self.cfg.power, interval_s=interval, cuda_device=device)
             self._power_source = first if first.source == "none" else first.source
             return first
         if isinstance(self._power_source, str):
-            return make_sampler(self._power_source, interval_s=interval)
+            return make_sampler(self._power_source, interval_s=interval, cuda_device=device)
         return self._power_source
 
     def notes(self) -> dict[str, str]:
