@@ -493,3 +493,31 @@ def load_cuda_backend(device_index: int = 0, prefer: str | None = None) -> CudaB
             cls = PycudaBackend if name == "pycuda" else CudaPythonBackend
             return cls(device_index)
     raise EngineUnavailable(MISSING_BINDINGS if not prefer else f"{prefer} is not installed")
+
+
+def cuda_pci_bus_id(index: int = 0) -> str | None:
+    """The PCI bus id of CUDA device index ('0000:01:00.0'), from torch, pycuda or
+    cuda-python, without creating a context; None when none of them can say."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            props = torch.cuda.get_device_properties(index)
+            return (f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:"
+                    f"{props.pci_device_id:02x}.0")
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    for binding in available_bindings():
+        try:
+            if binding == "pycuda":
+                import pycuda.driver as cuda
+
+                cuda.init()
+                return str(cuda.Device(index).pci_bus_id()).lower()
+            error, props = _cudart().cudaGetDeviceProperties(index)
+            if error == _cudart().cudaError_t.cudaSuccess:
+                return (f"{props.pciDomainID:04x}:{props.pciBusID:02x}:"
+                        f"{props.pciDeviceID:02x}.0")
+        except Exception:  # noqa: S112 - a binding without a driver: try the next one
+            continue
+    return None

@@ -147,3 +147,16 @@ def test_profile_shapes_for_dynamic_and_static_inputs():
     assert profile_shapes((2, -1, -1, -1), settings) == ((2, 3, 320, 320),) * 3
     with pytest.raises(ConfigError, match="4-D"):
         profile_shapes((-1, 3, 640), settings)
+
+
+def test_tensorrt_builds_every_artifact_kind_the_registry_has():
+    from bench.engines.trt_settings import IMPLICIT_CALIBRATORS, KINDS
+    from bench.variants import ARTIFACT_KINDS, registry
+
+    assert KINDS == ARTIFACT_KINDS  # engines keep no variant names, only these kinds
+    for spec in registry().values():
+        calibrator = spec.calibrator if spec.artifact == "trt-implicit" else None
+        if calibrator is not None:
+            assert calibrator in IMPLICIT_CALIBRATORS
+        settings = builder_settings(spec.artifact, "10.3.0", calibrator=calibrator)
+        assert settings.kind == spec.artifact
