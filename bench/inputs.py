@@ -156,7 +156,8 @@ def _blocker(node: onnx.NodeProto, backend: str) -> str | None:
     if backend == "torch":
         from bench.models.onnx_ops import OPS
 
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
+        # Constant nodes are folded by the interpreter itself (bench.models.onnx_torch).
+        if node.domain not in ("", "ai.onnx") or node.op_type not in (*OPS, "Constant"):
             return (f"{_op_name(node)} is not supported by the torch backend's ONNX "
                     "interpreter: run with --backend onnxruntime")
     return None

@@ -342,3 +342,12 @@ def test_class_map_list_and_object_mean_the_same(tmp_path):
     assert load_class_map(tmp_path / "a.json") == load_class_map(tmp_path / "b.json") == [3, 1, 2]
     with pytest.raises(ConfigError, match="option class_map: .*missing.json not found"):
         load_class_map(tmp_path / "missing.json")
+
+
+def test_torch_backend_refuses_an_op_its_interpreter_lacks(tmp_path, tiny_coco, tiny_detector):
+    path = ort_nms_model(tmp_path / "nms.onnx", 8)
+    with pytest.raises(ModelError, match="NonMaxSuppression is not supported by the torch "
+                                         "backend's ONNX interpreter: run with --backend "
+                                         "onnxruntime"):
+        resolve_inputs(_cfg(path, tiny_coco, backend="torch"))
+    assert resolve_inputs(_cfg(tiny_detector, tiny_coco, backend="torch")).layout == "raw"
