@@ -1,7 +1,8 @@
 """Export a YOLOv7-family model to ONNX in the official ``--grid`` layout.
 
 input ``images`` [B,3,H,W] float32 RGB in [0,1]; output ``output`` [B,N,5+C]: centre x, y,
-w, h in input pixels, sigmoid objectness, sigmoid class scores. Batch is dynamic.
+w, h in input pixels, sigmoid objectness, sigmoid class scores. Batch is dynamic, or fixed
+(``batch=1`` is what the official exporter writes by default).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ LAYOUT = "yolov7-grid"
 
 
 def export_onnx(model: nn.Module, path: str | Path, imgsz: int, opset: int = 17,
-                metadata: dict[str, str] | None = None) -> Path:
+                metadata: dict[str, str] | None = None, batch: int | None = None) -> Path:
     """Fuse ``model`` (on a copy), export it to ``path`` and check the graph.
+
+    ``batch``: None for a dynamic batch dimension, else the fixed batch size of the graph.
 
     The graph carries no Identity node between an initializer and its consumers (some
     ONNX consumers, e.g. quantizers, expect Conv weights and biases to be initializers).
@@ -36,8 +39,10 @@ def export_onnx(model: nn.Module, path: str | Path, imgsz: int, opset: int = 17,
     path = Path(path)
     if not path.parent.is_dir():
         raise ModelError(f"ONNX output {path}: folder {path.parent} does not exist")
+    if batch is not None and not (isinstance(batch, int) and batch > 0):
+        raise ConfigError(f"batch {batch!r}: expected a positive integer or None (dynamic)")
     fused = fuse(model)
-    _trace_to_onnx(fused, path, imgsz, opset)
+    _trace_to_onnx(fused, path, imgsz, opset, batch)
     graph = onnx.load(str(path))
     inline_initializer_identities(graph)
     _name_output_dims(graph, fused.model[-1], imgsz)
@@ -47,17 +52,44 @@ def export_onnx(model: nn.Module, path: str | Path, imgsz: int, opset: int = 17,
     return path
 
 
-def _trace_to_onnx(model: nn.Module, path: Path, imgsz: int, opset: int) -> None:
-    dummy = torch.zeros(1, 3, imgsz, imgsz)
+def _trace_to_onnx(model: nn.Module, path: Path, imgsz: int, opset: int,
+                   batch: int | None) -> None:
+    dummy = torch.zeros(batch or 1, 3, imgsz, imgsz)
+    dynamic = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants
         try:
             torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              dynamic_axes=dynamic,
                               do_constant_folding=True, dynamo=False)
         except OSError as exc:
             raise ModelError(f"ONNX output {path}: cannot write ({exc.strerror})") from exc
+
+
+def fused_from_onnx(model: onnx.ModelProto, arch: str, num_classes: int,
+                    width: float) -> nn.Module:
+    """The fused torch model whose weights are those of an ONNX this exporter wrote.
+
+    The exporter keeps the fused state_dict's names for the initializers, so the weights of
+    the shipped default (which exists only as ONNX) load back for a re-export.
+    """
+    from bench.models.yolov7 import build_model
+
+    fused = fuse(build_model(arch, num_classes=num_classes, width=width))
+    weights = {t.name: t for t in model.graph.initializer}
+    state = fused.state_dict()
+    for name, _ in fused.named_parameters():
+        if name not in weights:
+            raise ModelError(f"ONNX initializer '{name}' missing; expected a model exported "
+                             f"by bench.models.export from a {arch} of width {width}")
+        value = torch.from_numpy(numpy_helper.to_array(weights[name]).copy())
+        if value.shape != state[name].shape:
+            raise ModelError(f"ONNX initializer '{name}' has shape {tuple(value.shape)}; "
+                             f"expected {tuple(state[name].shape)}")
+        state[name] = value
+    fused.load_state_dict(state)
+    return fused
 
 
 def inline_initializer_identities(model: onnx.ModelProto) -> int:

@@ -79,6 +79,8 @@ def _reparameterize(block: RepConv) -> None:
 
 def _fold_implicit(head: IDetect) -> None:
     # m(x + a) * s  ==  (s * W) x + s * (W a + b)
+    if not hasattr(head.ia[0], "implicit"):
+        return  # folded already: fusing a fused model changes nothing
     for i, conv in enumerate(head.m):
         w = conv.weight.view(conv.out_channels, conv.in_channels)
         shift = w @ head.ia[i].implicit.view(-1)

@@ -115,6 +115,8 @@ class OnnxModule(torch.nn.Module):
         self.input_name: str = _graph_input(graph, initializers)
         self.output_names: tuple[str, ...] = tuple(o.name for o in graph.output)
         self._input_dtype = _declared_input_dtype(graph, self.input_name)
+        self.input_dims: tuple[int | None, ...] | None = _declared_input_dims(graph,
+                                                                               self.input_name)
         self.param_names: dict[str, str] = {}
         self.buffer_names: dict[str, str] = {}
         self._sources: list[tuple[str, str]] = []  # (tensor name, attribute name)
@@ -217,7 +219,19 @@ class OnnxModule(torch.nn.Module):
         """Graph outputs plus the named intermediate tensors (as produced, before taps)."""
         return self._run(images, tap, self._checked(names, "collect"))
 
+    def _check_input(self, images: torch.Tensor) -> None:
+        """As ONNX Runtime does: the input must match every dimension the graph fixes."""
+        dims = self.input_dims
+        if dims is None:
+            return
+        if len(dims) != images.dim() or any(d is not None and d != n
+                                             for d, n in zip(dims, images.shape)):
+            expected = ["?" if d is None else d for d in dims]
+            raise ModelError(f"input '{self.input_name}' has shape {list(images.shape)}; the "
+                             f"graph declares {expected} (a fixed batch must be fed as is)")
+
     def _environment(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check_input(images)
         env = {}
         params, buffers = self._parameters, self._buffers
         for name, attr in self._sources:  # dict look-ups first: getattr is slow per call
@@ -301,6 +315,17 @@ def _flat(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"{node.op_type} node '{node.name}': control flow (subgraphs) is "
                              "not supported; expected a flat graph")
     return model
+
+
+def _declared_input_dims(graph: onnx.GraphProto, name: str) -> tuple[int | None, ...] | None:
+    """The declared input's dims (an int where fixed, None where symbolic); None when the
+    graph declares no shape at all."""
+    declared = next(i for i in graph.input if i.name == name)
+    tensor_type = declared.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in tensor_type.shape.dim)
 
 
 def _declared_input_dtype(graph: onnx.GraphProto, name: str) -> torch.dtype | None:

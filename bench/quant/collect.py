@@ -4,11 +4,16 @@ The named tensors become extra graph outputs; each batch is run once, every fetc
 activation is folded into its tensor's AbsHistogram and released before the next batch,
 so memory is O(bins) per tensor plus one batch's activations (not the whole set's, which
 is what makes ONNX Runtime's own histogram calibrator need ~10 GB at 640x640).
+
+A model whose batch dimension is fixed (the official exporter's default is 1) is fed
+batches of exactly that size whatever size the caller's batches have: images are regrouped,
+and a short last group is padded with copies of its own images whose activations are left
+out of the histograms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +52,45 @@ def collect_histograms(
     hists = {name: AbsHistogram(bins, name=name) for name in names}
     seen = 0
     bar = progress_bar(batches, total=total, enabled=progress, desc="calibration", unit="batch")
-    for batch in bar:
+    for batch, real in _fitted(bar, fixed_batch(graph_input)):
         feed = _as_input(batch, graph_input)
         if graph_input.name in hists:
-            hists[graph_input.name].update(feed)
-        _run_and_update(session, graph_input.name, feed, fetched, hists)
+            hists[graph_input.name].update(feed[:real])
+        _run_and_update(session, graph_input.name, feed, fetched, hists, real)
         seen += 1
     if seen == 0:
         raise InputDataError(f"empty calibration set: no batches given for {model_path}")
     return hists
+
+
+def fixed_batch(graph_input: onnx.ValueInfoProto) -> int | None:
+    """The input's batch dimension when the model fixes it, else None."""
+    dims = graph_input.type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return None
+
+
+def _fitted(batches: Iterable[np.ndarray], size: int | None
+            ) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch, how many of its leading images are real): as given when the batch is
+    dynamic, else regrouped into batches of exactly `size`, the last padded by repetition."""
+    if size is None:
+        for batch in batches:
+            yield batch, len(batch)
+        return
+    pending: list[np.ndarray] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        while held >= size:
+            joined = np.concatenate(pending)
+            yield joined[:size], size
+            pending, held = [joined[size:]], held - size
+    if held:
+        rest = np.concatenate(pending)
+        yield np.resize(rest, (size, *rest.shape[1:])), held
 
 
 def _probing_session(path: Path, names: list[str]) -> tuple[object, onnx.ValueInfoProto]:
@@ -157,7 +192,7 @@ def _as_input(batch: np.ndarray, graph_input: onnx.ValueInfoProto) -> np.ndarray
 
 
 def _run_and_update(
-    session, input_name: str, feed: np.ndarray, names: list[str], hists: dict
+    session, input_name: str, feed: np.ndarray, names: list[str], hists: dict, real: int
 ) -> None:
     if not names:
         return
@@ -167,4 +202,11 @@ def _run_and_update(
         raise ModelError(f"ONNX Runtime failed on a calibration batch: {err}") from err
     # Pop so that each activation is freed as soon as it is counted.
     for name in reversed(names):
-        hists[name].update(outputs.pop())
+        hists[name].update(_real_rows(outputs.pop(), len(feed), real))
+
+
+def _real_rows(value: np.ndarray, fed: int, real: int) -> np.ndarray:
+    """The activation of the real images only, when its first axis is the batch's."""
+    if real < fed and value.ndim and value.shape[0] == fed:
+        return value[:real]
+    return value

@@ -27,11 +27,18 @@ QMIN, QMAX = -128, 127
 GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
 MIN_DEFAULT_STEPS = 200
+# The teacher's tensors are kept for every image up to this size (float16), else recomputed.
+TEACHER_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
 class QatSettings:
-    """The fine-tuning budget. steps wins over epochs; minutes stops early."""
+    """The fine-tuning budget. steps wins over epochs; minutes stops early.
+
+    batch is the effective batch of one optimizer step: a model whose batch dimension is
+    fixed at a smaller size accumulates the gradients of several such batches per step.
+    holdout: the share of the images kept out of training for the label-free check.
+    """
 
     steps: int | None = None
     epochs: float | None = None
@@ -41,6 +48,7 @@ class QatSettings:
     learn_scales: bool = True
     batch: int = DEFAULT_BATCH
     seed: int = 0
+    holdout: float = 0.125
 
     def total_steps(self, n_images: int) -> int:
         if self.steps is not None:
@@ -53,7 +61,11 @@ class QatSettings:
 
 @dataclass(frozen=True)
 class QatResult:
-    """The tuned FP32 model (weights), the activation amax, and how the training went."""
+    """The kept FP32 model (weights), its activation amax, and how the training went.
+
+    kept: "trained", or "initial" when the held-out check found the starting calibration
+    closer to the FP32 teacher (model and amax are then the ones given to run_qat).
+    """
 
     model: onnx.ModelProto
     amax: dict[str, float]
@@ -62,40 +74,91 @@ class QatResult:
     loss_first: float
     loss_last: float
     stopped_by_time: bool
+    kept: str = "trained"
+    holdout_initial: float | None = None
+    holdout_trained: float | None = None
+    images_train: int = 0
+    images_holdout: int = 0
+    micro_batch: int = DEFAULT_BATCH
+    accumulate: int = 1
+    teacher: str = "cached"
 
 
 def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
             images: np.ndarray, settings: QatSettings, *, profile: str,
-            progress: bool = True) -> QatResult:
-    """Fine-tune `model` under the fake quantization `plan` describes; see module doc."""
+            progress: bool = True, fixed_batch: int | None = None) -> QatResult:
+    """Fine-tune `model` under the fake quantization `plan` describes; see module doc.
+
+    images: letterboxed [N, 3, H, W] (uint8 pixels or floats in [0, 1]). fixed_batch: the
+    model's static batch dimension; every forward then runs on exactly that many images.
+    """
     import torch
 
     from bench.models.onnx_torch import OnnxModule, state_to_onnx
 
     torch.manual_seed(settings.seed)
-    student, teacher = OnnxModule(model), OnnxModule(model)  # unsupported op -> ModelError
-    teacher.requires_grad_(False)
+    student = OnnxModule(model)  # unsupported op -> ModelError
     quant = FakeQuantizer(plan, amax, profile, learn_scales=settings.learn_scales)
     student.set_taps(quant.tapped_names)
     watched = quant.supervised_tensors(model)
+    heads = quant.head_tensors(model)
+    micro = fixed_batch or settings.batch
+    accumulate = max(1, math.ceil(settings.batch / micro))
+    train, held = _split(len(images), settings)
+    targets = Teacher(model, images, (*watched, *heads), micro)
+    check_initial = _holdout_error(student, quant, images, held, targets, heads, micro)
     trainable = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     optimizer = torch.optim.Adam(trainable, lr=settings.lr)
-    total = settings.total_steps(len(images))
+    total = settings.total_steps(len(train))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total))
     losses, start, stopped = [], time.perf_counter(), False
-    for step, batch in _progress(_batches(images, settings, total), total, progress):
-        loss = _distillation_loss(student, teacher, quant, _as_float(batch), watched)
+    chunks = _micro_batches(train, micro, settings.seed)
+    for step in _progress(total, progress):
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for _ in range(accumulate):
+            index = next(chunks)
+            loss = _distillation_loss(student, quant, _as_float(images[index]),
+                                      targets.of(index), watched) / accumulate
+            loss.backward()
+            loss_sum += float(loss.detach())
         optimizer.step()
         schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss_sum)
         if settings.minutes and time.perf_counter() - start > 60 * settings.minutes:
             stopped = step + 1 < total
             break
-    tuned = state_to_onnx(student, model)
-    return QatResult(tuned, quant.amax(), len(losses), time.perf_counter() - start,
-                     float(np.mean(losses[:5])), float(np.mean(losses[-5:])), stopped)
+    seconds = time.perf_counter() - start
+    check_trained = _holdout_error(student, quant, images, held, targets, heads, micro)
+    keep_trained = check_initial is None or check_trained <= check_initial
+    tuned, tuned_amax = ((state_to_onnx(student, model), quant.amax()) if keep_trained
+                         else (model, dict(amax)))
+    return QatResult(tuned, tuned_amax, len(losses), seconds,
+                     float(np.mean(losses[:5])), float(np.mean(losses[-5:])), stopped,
+                     kept="trained" if keep_trained else "initial",
+                     holdout_initial=check_initial, holdout_trained=check_trained,
+                     images_train=len(train), images_holdout=len(held), micro_batch=micro,
+                     accumulate=accumulate, teacher=targets.mode)
+
+
+def _split(n_images: int, settings: QatSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held out): a seeded draw of the held-out share, at least one image
+    each side when there are two or more images (none held out from a single image)."""
+    order = np.random.default_rng(settings.seed + 1).permutation(n_images)
+    held = min(n_images - 1, max(1, round(settings.holdout * n_images))) \
+        if settings.holdout > 0 else 0
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _micro_batches(indices: np.ndarray, size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless batches of exactly `size` indices: shuffled passes laid end to end."""
+    rng = np.random.default_rng(seed)
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        while len(pending) < size:
+            pending = np.concatenate([pending, rng.permutation(indices)])
+        yield np.sort(pending[:size])
+        pending = pending[size:]
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -143,19 +206,30 @@ class FakeQuantizer:
     def supervised_tensors(self, model: onnx.ModelProto) -> tuple[str, ...]:
         """Per-layer supervision: every quantized op's output and the head convs' outputs
         (raw logits, before the decode mixes pixels and probabilities)."""
+        return tuple(dict.fromkeys((*(op.output for op in self._plan.ops),
+                                    *self.head_tensors(model))))
+
+    def head_tensors(self, model: onnx.ModelProto) -> tuple[str, ...]:
+        """The head convs' outputs: what the held-out check compares with the teacher."""
         from bench.quant.placement import node_key
 
         heads = set(self._plan.head_convs)
-        head_outputs = tuple(n.output[0] for n in model.graph.node
-                             if n.name in heads or node_key(n) in heads)
-        return tuple(dict.fromkeys((*(op.output for op in self._plan.ops), *head_outputs)))
+        return tuple(n.output[0] for n in model.graph.node
+                     if n.name in heads or node_key(n) in heads)
 
     def __call__(self, name: str, tensor: Any) -> Any:
         if name in self._weights:
-            return fake_quant_weight(tensor, self._weights[name])
+            return fused_fake_quant_weight(tensor, self._weights[name])
         if name in self._gates:
-            return fake_quant(tensor, GATE_SCALE, 0, 255)
-        return fake_quant(tensor, self._log_scales[self._groups[name]].exp())
+            return fused_fake_quant(tensor, self._gate_scale(tensor), 0, 255)
+        log_scale = self._log_scales[self._groups[name]]
+        return fused_fake_quant(tensor, log_scale.exp().reshape(1), QMIN, QMAX,
+                                learn=log_scale.requires_grad)
+
+    def _gate_scale(self, tensor: Any) -> Any:
+        import torch
+
+        return torch.full((1,), GATE_SCALE, dtype=tensor.dtype, device=tensor.device)
 
     def amax(self) -> dict[str, float]:
         return {name: float(self._log_scales[leader].detach().exp()) * QMAX
@@ -163,17 +237,47 @@ class FakeQuantizer:
 
 
 def fake_quant(x: Any, scale: Any, qmin: int = QMIN, qmax: int = QMAX) -> Any:
-    """clamp(round(x / s)) * s with a straight-through round."""
+    """clamp(round(x / s)) * s with a straight-through round (the reference form)."""
     scaled = x / scale
     rounded = scaled + (scaled.round() - scaled).detach()
     return rounded.clamp(qmin, qmax) * scale
 
 
 def fake_quant_weight(weight: Any, axis: int) -> Any:
-    dims = [d for d in range(weight.dim()) if d != axis]
-    amax = weight.detach().abs().amax(dim=dims, keepdim=True)
-    scale = amax.clamp_min(float(np.finfo(np.float32).tiny)) / QMAX
-    return fake_quant(weight, scale)
+    """Per-output-channel weight fake quantization (the reference form)."""
+    return fake_quant(weight, _weight_scale(weight, axis, keepdim=True))
+
+
+def fused_fake_quant(x: Any, scale: Any, qmin: int = QMIN, qmax: int = QMAX,
+                     learn: bool = False) -> Any:
+    """fake_quant in one fused torch kernel: the same values and the same gradients (the
+    straight-through mask for x; for a learned scale, LSQ's round(x/s) - x/s in range and
+    qmin or qmax outside), in one pass over x instead of seven element-wise ops."""
+    import torch
+
+    if learn:
+        zero = torch.zeros(1, dtype=scale.dtype, device=scale.device)
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, qmin, qmax,
+                                                                1.0)
+    zero = torch.zeros(1, dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_tensor_affine(x, scale.detach().to(x.dtype), zero, qmin,
+                                                 qmax)
+
+
+def fused_fake_quant_weight(weight: Any, axis: int) -> Any:
+    """fake_quant_weight in one fused torch kernel (same values, straight-through grads)."""
+    import torch
+
+    scale = _weight_scale(weight, axis, keepdim=False)
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=weight.device)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, axis % weight.dim(),
+                                                  QMIN, QMAX)
+
+
+def _weight_scale(weight: Any, axis: int, keepdim: bool) -> Any:
+    dims = [d for d in range(weight.dim()) if d != axis % weight.dim()]
+    amax = weight.detach().abs().amax(dim=dims, keepdim=keepdim)
+    return amax.clamp_min(float(np.finfo(np.float32).tiny)) / QMAX
 
 
 def _scale_groups(plan: Any, tensors: list[str]) -> dict[str, str]:
@@ -186,15 +290,78 @@ def _scale_groups(plan: Any, tensors: list[str]) -> dict[str, str]:
     return leader
 
 
-def _distillation_loss(student: Any, teacher: Any, quant: FakeQuantizer, batch: Any,
-                       watched: tuple[str, ...]) -> Any:
+class Teacher:
+    """The frozen FP32 model's tensors for every image, by image index.
+
+    Computed once per image (one forward for all the named taps) and kept in float16 when
+    they fit TEACHER_CACHE_BYTES; otherwise recomputed for every batch.
+    """
+
+    def __init__(self, model: onnx.ModelProto, images: np.ndarray, names: tuple[str, ...],
+                 batch: int):
+        from bench.models.onnx_torch import OnnxModule
+
+        self._module = OnnxModule(model).requires_grad_(False)
+        self._images, self._names, self._batch = images, tuple(dict.fromkeys(names)), batch
+        first = self._forward(np.arange(min(batch, len(images))) % len(images))
+        per_image = sum(t[0].numel() for t in first.values()) * 2  # float16 bytes
+        self.mode = "cached" if per_image * len(images) <= TEACHER_CACHE_BYTES else "per step"
+        self._cache = self._fill(first) if self.mode == "cached" else None
+
+    def _forward(self, index: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        with torch.no_grad():
+            return self._module.forward_collect(_as_float(self._images[index]), self._names)[1]
+
+    def _fill(self, first: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        n = len(self._images)
+        cache = {name: torch.empty((n, *t.shape[1:]), dtype=torch.float16)
+                 for name, t in first.items()}
+        for start in range(0, n, self._batch):
+            index = np.arange(start, start + self._batch) % n  # a short tail wraps round
+            got = first if start == 0 else self._forward(index)
+            real = min(self._batch, n - start)
+            for name, tensor in got.items():
+                cache[name][start:start + real] = tensor[:real]
+        return cache
+
+    def of(self, index: np.ndarray) -> dict[str, Any]:
+        """The named tensors (float32) of the images at `index`."""
+        if self._cache is None:
+            return self._forward(index)
+        return {name: values[index].float() for name, values in self._cache.items()}
+
+
+def _distillation_loss(student: Any, quant: FakeQuantizer, batch: Any,
+                       targets: Mapping[str, Any], watched: tuple[str, ...]) -> Any:
+    return _loss(student.forward_collect(batch, watched, tap=quant)[1], targets, watched)
+
+
+def _loss(got: Mapping[str, Any], wanted: Mapping[str, Any], names: tuple[str, ...]) -> Any:
     import torch
 
+    return torch.stack([_normalised_mse(got[n], wanted[n]) for n in names]).mean()
+
+
+def _holdout_error(student: Any, quant: FakeQuantizer, images: np.ndarray, held: np.ndarray,
+                   targets: Teacher, heads: tuple[str, ...], batch: int) -> float | None:
+    """Label-free check: the head outputs' normalised MSE against the FP32 teacher on the
+    held-out images, with the current weights and scales; None without held-out images."""
+    import torch
+
+    if len(held) == 0 or not heads:
+        return None
+    errors = []
     with torch.no_grad():
-        t_mid = teacher.forward_collect(batch, watched)[1]
-    s_mid = student.forward_collect(batch, watched, tap=quant)[1]
-    terms = [_normalised_mse(s_mid[n], t_mid[n]) for n in watched]
-    return torch.stack(terms).mean()
+        for start in range(0, len(held), batch):
+            index = held[np.arange(start, start + batch) % len(held)]
+            got = student.forward_collect(_as_float(images[index]), heads, tap=quant)[1]
+            wanted = targets.of(index)
+            errors.append(float(_loss(got, wanted, heads)))
+    return float(np.mean(errors))
 
 
 def _as_float(batch: np.ndarray) -> Any:
@@ -202,46 +369,40 @@ def _as_float(batch: np.ndarray) -> Any:
 
     if batch.dtype == np.uint8:
         return torch.from_numpy(batch).float().div_(255.0)
-    return torch.from_numpy(batch)
+    return torch.from_numpy(np.ascontiguousarray(batch))
 
 
 def _normalised_mse(student: Any, teacher: Any) -> Any:
+    import torch.nn.functional as F
+
     # Each layer weighs the same whatever its magnitude: MSE relative to the teacher's power.
-    return ((student - teacher) ** 2).mean() / (teacher.pow(2).mean() + 1e-8)
+    # (mse_loss is one fused kernel each way; the written-out form made three passes.)
+    return F.mse_loss(student, teacher) / (teacher.square().mean() + 1e-8)
 
 
-def _batches(images: np.ndarray, settings: QatSettings, total: int) -> Iterator[np.ndarray]:
-    rng = np.random.default_rng(settings.seed)
-    produced = 0
-    while produced < total:
-        order = rng.permutation(len(images))
-        for start in range(0, len(order), settings.batch):
-            if produced == total:
-                return
-            yield images[order[start:start + settings.batch]]
-            produced += 1
-
-
-def _progress(batches: Iterator[np.ndarray], total: int, enabled: bool):
+def _progress(total: int, enabled: bool) -> Any:
     from bench.progress import bar as progress_bar
 
-    return enumerate(progress_bar(batches, total=total, desc="int8-qat", unit="step",
-                                  enabled=enabled))
+    return progress_bar(range(total), total=total, desc="int8-qat", unit="step",
+                        enabled=enabled)
 
 
 def build_qat_variant(spec: Any, ctx: Any) -> Any:
     """The registry's builder: PTQ init, fine-tune, write Q/DQ; cached like every artifact."""
-    import torch
-
     from bench.quant.qdq import write_qdq
 
     settings = qat_settings(ctx.cfg)
     init = ctx.qat_init_method()
+    # torch's version from package metadata: importing torch costs a second on a warm run.
+    from bench.quant.qdq import FORMAT_VERSION
+
     parts = ctx.key_parts(spec.name, init=init, profile=ctx.cfg.profile, calib=ctx.calib_id,
-                          keep_float=list(ctx.cfg.keep_float), torch=torch.__version__,
-                          settings=settings.__dict__)
+                          qat_images=ctx.qat_calib_id, keep_float=list(ctx.cfg.keep_float),
+                          torch=_torch_version(), settings=settings.__dict__,
+                          fixed_batch=ctx.fixed_batch, qdq_format=FORMAT_VERSION)
 
     def build(out: Path) -> dict[str, Any]:
+        started = time.perf_counter()
         model, plan = ctx.quant_plan()
         amax = ctx.calibrate(plan, init)
         # Letterboxed images come from uint8 pixels: kept as uint8 they take a quarter of
@@ -249,14 +410,40 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
         images = np.concatenate([np.rint(b * 255).astype(np.uint8)
                                  for b in _limited(ctx.qat_batches(), settings.images)])
         result = run_qat(model, plan, amax, images, settings, profile=ctx.cfg.profile,
-                         progress=ctx.cfg.progress)
+                         progress=ctx.cfg.progress, fixed_batch=ctx.fixed_batch)
         onnx.save(write_qdq(result.model, plan, result.amax, profile=ctx.cfg.profile), str(out))
-        return {"init": init, "steps": result.steps, "train_s": round(result.seconds, 1),
+        return {"init": init, "kept": result.kept, "steps": result.steps,
+                "train_s": round(result.seconds, 1),
+                "qat_s": round(time.perf_counter() - started, 1),
                 "loss_first": result.loss_first, "loss_last": result.loss_last,
-                "stopped_by_time": result.stopped_by_time, "images": len(images),
-                "lr": settings.lr, "learn_scales": settings.learn_scales}
+                "holdout_initial": result.holdout_initial,
+                "holdout_trained": result.holdout_trained,
+                "stopped_by_time": result.stopped_by_time, **_image_counts(result, settings),
+                "batch": result.micro_batch, "accumulate": result.accumulate,
+                "teacher": result.teacher, "lr": settings.lr,
+                "learn_scales": settings.learn_scales}
 
     return ctx.cache.get_or_build("qat", parts, ".onnx", build)
+
+
+def _image_counts(result: QatResult, settings: QatSettings) -> dict[str, Any]:
+    used = result.images_train + result.images_holdout
+    counts: dict[str, Any] = {"images": used, "images_asked": settings.images,
+                              "images_train": result.images_train,
+                              "images_holdout": result.images_holdout}
+    if used < settings.images:
+        counts["images_note"] = (f"{used} of the {settings.images} images asked for "
+                                 "(the calibration source has no more)")
+    return counts
+
+
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"
 
 
 def qat_settings(cfg: Any) -> QatSettings:

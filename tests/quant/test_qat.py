@@ -6,8 +6,16 @@ from onnx import TensorProto, helper
 from yolo_like import build_yolo_like
 
 from bench.errors import ModelError
+from bench.quant import qat as qat_module
 from bench.quant.placement import plan_quantization
-from bench.quant.qat import QatSettings, fake_quant, run_qat
+from bench.quant.qat import (
+    QatSettings,
+    fake_quant,
+    fake_quant_weight,
+    fused_fake_quant,
+    fused_fake_quant_weight,
+    run_qat,
+)
 from bench.quant.qdq import quantized_tensor_set, write_qdq
 
 torch = pytest.importorskip("torch")
@@ -47,7 +55,8 @@ def setup():
 @pytest.mark.parametrize("profile", ["tensorrt", "cpu"])
 def test_qat_reduces_distillation_loss_and_keeps_placement(setup, profile):
     model, plan, amax, calib = setup
-    settings = QatSettings(steps=60, lr=3e-4, batch=4)
+    # Every image trains (no held-out check): this is about what training itself does.
+    settings = QatSettings(steps=60, lr=3e-4, batch=4, holdout=0.0)
     result = run_qat(model, plan, amax, calib, settings, profile=profile, progress=False)
     assert result.steps == 60 and result.loss_last < 0.9 * result.loss_first
 
@@ -59,7 +68,7 @@ def test_qat_reduces_distillation_loss_and_keeps_placement(setup, profile):
     reference = _run(model, held_out)
     err_qat = np.abs(_run(qat, held_out) - reference).mean()
     err_ptq = np.abs(_run(ptq, held_out) - reference).mean()
-    assert np.isfinite(err_qat)
+    assert np.isfinite(err_qat) and result.kept == "trained" and result.images_train == 16
     if profile == "tensorrt":
         # On this random-weight toy the cpu profile's output error is dominated by its
         # quantized conv outputs, which QAT barely moves; tensorrt must improve outright.
@@ -68,7 +77,7 @@ def test_qat_reduces_distillation_loss_and_keeps_placement(setup, profile):
 
 def test_learned_scales_move(setup):
     model, plan, amax, calib = setup
-    settings = QatSettings(steps=15, lr=1e-2, batch=4, learn_scales=True)
+    settings = QatSettings(steps=15, lr=1e-2, batch=4, learn_scales=True, holdout=0.0)
     result = run_qat(model, plan, amax, calib, settings, profile="tensorrt", progress=False)
     moved = [t for t in result.amax if not np.isclose(result.amax[t], amax[t], rtol=1e-4)]
     assert moved, "no activation scale changed although learn_scales=True"
@@ -98,3 +107,71 @@ def test_undifferentiable_op_is_named_before_training(setup):
     with pytest.raises(ModelError, match="FancyDecode"):
         run_qat(broken, plan, amax, calib, QatSettings(steps=1), profile="tensorrt",
                 progress=False)
+
+
+def test_fused_fake_quant_matches_the_reference_in_values_and_gradients():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 5, 5) * 4).requires_grad_()
+    log_scale = torch.tensor(-1.5, requires_grad=True)
+    ref = fake_quant(x, log_scale.exp())
+    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
+    grads = x.grad.clone(), log_scale.grad.clone()
+    x.grad, log_scale.grad = None, None
+    fused = fused_fake_quant(x, log_scale.exp().reshape(1), learn=True)
+    (fused * torch.linspace(-1, 1, fused.numel()).view_as(fused)).sum().backward()
+    # The reference's gradient is g * s / s: equal up to one float rounding.
+    assert torch.equal(fused, ref) and torch.allclose(x.grad, grads[0], rtol=0, atol=1e-6)
+    assert torch.allclose(log_scale.grad, grads[1], rtol=1e-4)
+
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    ref_w = fake_quant_weight(w, 0)
+    ref_w.sum().backward()
+    grad_w, w.grad = w.grad.clone(), None
+    fused_w = fused_fake_quant_weight(w, 0)
+    fused_w.sum().backward()
+    assert torch.allclose(fused_w, ref_w, atol=1e-7) and torch.equal(w.grad, grad_w)
+
+
+def test_held_out_check_keeps_the_initial_calibration_when_training_hurts(setup):
+    model, plan, amax, calib = setup
+    wrecked = QatSettings(steps=8, lr=0.5, batch=4)  # a learning rate that ruins the weights
+    result = run_qat(model, plan, amax, calib, wrecked, profile="tensorrt", progress=False)
+    assert result.kept == "initial" and result.holdout_trained > result.holdout_initial
+    assert result.amax == dict(amax)
+    assert [i.raw_data for i in result.model.graph.initializer] == \
+        [i.raw_data for i in model.graph.initializer]
+
+
+def test_teacher_targets_cached_or_per_step_train_alike(setup, monkeypatch):
+    model, plan, amax, calib = setup
+    settings = QatSettings(steps=3, batch=4, holdout=0.0)
+    cached = run_qat(model, plan, amax, calib, settings, profile="tensorrt", progress=False)
+    monkeypatch.setattr(qat_module, "TEACHER_CACHE_BYTES", 0)
+    fresh = run_qat(model, plan, amax, calib, settings, profile="tensorrt", progress=False)
+    assert (cached.teacher, fresh.teacher) == ("cached", "per step")
+    # The cache holds float16: the losses agree to its precision, not bit for bit.
+    assert fresh.loss_first == pytest.approx(cached.loss_first, rel=1e-2)
+
+
+def test_fixed_batch_1_trains_on_batches_of_1_and_accumulates(tmp_path, monkeypatch):
+    from bench.models.export import export_onnx
+    from bench.models.yolov7 import build_model
+
+    torch.manual_seed(0)
+    detector = build_model("yolov7-tiny", num_classes=2, width=0.25).eval()
+    model = onnx.load(str(export_onnx(detector, tmp_path / "b1.onnx", 64, batch=1)))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    plan = plan_quantization(model)
+    images = _images(6, seed=2).repeat(2, axis=2).repeat(2, axis=3)  # 64 px
+    amax = {t: 4.0 for t in plan.activation_tensors}
+    seen = []
+    forward = qat_module._distillation_loss
+    monkeypatch.setattr(qat_module, "_distillation_loss",
+                        lambda s, q, batch, *a: seen.append(len(batch)) or forward(s, q, batch, *a))
+    settings = QatSettings(steps=2, batch=4)
+    result = run_qat(model, plan, amax, images, settings, profile="tensorrt",
+                     progress=False, fixed_batch=1)
+    assert (result.micro_batch, result.accumulate, result.steps) == (1, 4, 2)
+    assert seen == [1] * 8 and result.kept in ("trained", "initial")
+    with pytest.raises(ModelError, match=r"\[4, 3, 64, 64\].*\[1, 3, 64, 64\]"):  # as before
+        run_qat(model, plan, amax, images, settings, profile="tensorrt", progress=False)
