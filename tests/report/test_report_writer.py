@@ -13,7 +13,8 @@ from bench.errors import InputDataError
 from bench.report.runs import load_run
 from bench.report.writer import new_run_id, write_run
 
-RUN_FILES = ["benchmark.json", "pareto.png", "report.csv", "report.json", "summary.md"]
+RUN_FILES = ["benchmark.json", "pareto.png", "report.csv", "report.json", "summary.md",
+             "summary.txt"]
 
 
 def test_new_run_id_is_utc_stamp_plus_random():
