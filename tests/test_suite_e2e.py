@@ -61,7 +61,7 @@ def test_suite_writes_a_report_and_gates_against_the_baseline(tmp_path, tiny_det
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     # (a generous latency tolerance: this test is about mAP, not this machine's noise)
     second = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32,int8-max",
-                    "--latency-tolerance", "100", "-qq", "--benchmark-quiet")
+                    "--latency-tolerance", "9", "-qq", "--benchmark-quiet")
     assert second.returncode == 1
     assert "int8-max gate: mAP" in second.stdout and "< baseline 1.000" in second.stdout
     bench_lines = [line for line in second.stdout.splitlines() if line.startswith("bench: ")]
