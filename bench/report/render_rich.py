@@ -72,8 +72,8 @@ def results_table(rows: Sequence[ResultRow], title: str | None = None, *,
 def environment_header(run: Run) -> Table:
     """The full record: run id, created, completeness, then the flattened environment."""
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="dim")
-    grid.add_column()
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")  # a hash or a path wraps rather than ending in "…"
     grid.add_row("run", Text(safe_text(run.name)))
     grid.add_row("created", Text(run.created))
     grid.add_row("complete", Text("yes" if run.complete else "NO (partial run)",
