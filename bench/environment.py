@@ -56,6 +56,9 @@ def collect_environment(cfg: BenchConfig, inputs: Any | None,
                    dataset=str(inputs.dataset.annotation_path),
                    calibration=inputs.calib_label, calib_count=cfg.calib_count,
                    eval_count=cfg.eval_count)
+        dropped = dict(getattr(inputs.dataset, "dropped", {}) or {})
+        if dropped:  # --coco-lenient: what was left out of the evaluation, never silently
+            env["dataset_dropped"] = dropped
     return env
 
 

@@ -354,7 +354,7 @@ def _datasets(cfg: BenchConfig, class_map: list[int] | None) -> tuple[Any, Any, 
 
 def _with_map(dataset_cls, cfg: BenchConfig, class_map, root: Path, split: str | None):
     try:
-        return dataset_cls(root, split=split, class_map=class_map)
+        return dataset_cls(root, split=split, class_map=class_map, lenient=cfg.coco_lenient)
     except InputDataError as exc:
         if class_map is None:
             raise
@@ -369,13 +369,13 @@ def _calib_source(cfg: BenchConfig, coco_root: Path) -> Any:
     if cfg.calib is not None:
         path = Path(cfg.calib)
         if (path / "annotations").is_dir():
-            return CocoDataset(path, split=_split_like(path, "train"))
+            return CocoDataset(path, split=_split_like(path, "train"), lenient=cfg.coco_lenient)
         return ImageFolder(path)
     split = _split_like(coco_root, "train")
     if split is None:
         raise InputDataError(f"{coco_root}: no training split to calibrate on; "
                              "expected annotations/instances_train*.json or --calib DIR")
-    return CocoDataset(coco_root, split=split)
+    return CocoDataset(coco_root, split=split, lenient=cfg.coco_lenient)
 
 
 def _split_like(root: Path, prefix: str) -> str | None:

@@ -114,7 +114,7 @@ class RunContext:
             engine.infer_streams(cfg.eval_streams), inputs.dataset, imgsz=inputs.imgsz,
             batch=cfg.eval_batch, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
             eval_count=cfg.eval_count, progress=cfg.progress, fixed_batch=inputs.fixed_batch,
-            cache=self.letterboxed(), label=label, evaluator=cfg.evaluator)
+            cache=self.letterboxed(), label=label, evaluator=cfg.evaluator, keep_matches=True)
 
     def end_to_end(self, engine: Engine) -> Callable[[], object]:
         """One image through pre-processing (letterbox of the decoded image), infer, and

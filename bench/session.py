@@ -70,6 +70,7 @@ class BenchSession:
                                  warmup=cfg.bench_warmup)
         self._judge: Judge | None = None
         self._environment: dict[str, Any] | None = None
+        self._fp32_matches: object | None = None  # fp32's per-image matches (bootstrap)
 
     def prepare(self, variant: str) -> Prepared:
         """Build the artifact, open its engine and run the accuracy pass."""
@@ -113,10 +114,10 @@ class BenchSession:
             extra = variant_extra(engine.extra_info(), prepared.artifact, prepared.accuracy,
                                   self.run.inputs().imgsz)
             extra.update(self.refs.notes(), **({"run_as": note} if note else {}))
-            return self._store(ok_row(
-                prepared.variant, self._identity(), prepared.artifact, prepared.accuracy,
-                measurement, self._provenance(), build_s=prepared.build_s,
-                calib_s=prepared.calib_s, extra=extra))
+            row = ok_row(prepared.variant, self._identity(), prepared.artifact,
+                         prepared.accuracy, measurement, self._provenance(),
+                         build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra)
+            return self._store(self._with_delta_ci(row, prepared.accuracy.matches))
         except Exception as exc:
             self._failed(prepared.variant, exc)
             return self.rows[prepared.variant]
@@ -147,10 +148,28 @@ class BenchSession:
         if row.ok and spec.builder == "ptq" and row.map is not None:
             self.run.build_context().ptq_maps[spec.calibrator] = row.map
         fp32 = self.rows.get(REFERENCE) if row.variant != REFERENCE else None
-        if row.variant != REFERENCE and fp32 is None and row.ok:
-            fp32 = self._reference_row()
         self.rows[row.variant] = judged = self.judge().judge(row, fp32)
         return judged
+
+    def _with_delta_ci(self, row: ResultRow, matches: object | None) -> ResultRow:
+        """The paired bootstrap CI over images of ΔmAP vs fp32 (same images both sides)."""
+        from dataclasses import replace
+
+        from bench.eval.bootstrap import delta_map_ci
+
+        if row.variant == REFERENCE:
+            self._fp32_matches = matches
+            return row
+        if REFERENCE not in self.rows:
+            self._reference_row()
+        reference = self._fp32_matches
+        if matches is None or reference is None:
+            return row
+        try:
+            ci = delta_map_ci(matches, reference)
+        except BenchError as exc:  # e.g. different images: no CI rather than a wrong one
+            return replace(row, extra={**row.extra, "delta_map_ci_error": one_line(exc)})
+        return replace(row, delta_map_low=ci.low, delta_map_high=ci.high)
 
     def _reference_row(self) -> ResultRow | None:
         """fp32 measured as the reference of the floors when the run did not plan it (or

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -76,6 +76,8 @@ class AccuracyResult:
     evaluator: str = DEFAULT_EVALUATOR
     n_detections: int = 0
     write_seconds: float = 0.0
+    # per-image matches for the paired bootstrap of ΔmAP (keep_matches=True); not compared
+    matches: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if set(self.metrics) != set(METRIC_KEYS):
@@ -237,6 +239,7 @@ def run_accuracy(
     cache: LetterboxCache | None = None,
     label: str = "accuracy",
     evaluator: str = DEFAULT_EVALUATOR,
+    keep_matches: bool = False,
 ) -> AccuracyResult:
     """Run the model over the evaluation images and score it with COCOeval.
 
@@ -273,6 +276,7 @@ def run_accuracy(
     results = np.concatenate([np.zeros((0, 7)), *feed.results])
     feed.per_chunk.clear()  # the per-image arrays are copied into results: let them go
     metrics, path, write_s = _score(dataset, results, ids, evaluator, results_path)
+    matches = _matches(dataset, results, ids) if keep_matches else None
     total = time.perf_counter() - start
     return AccuracyResult(
         metrics=metrics,
@@ -288,7 +292,18 @@ def run_accuracy(
         evaluator=evaluator,
         n_detections=len(results),
         write_seconds=write_s,
+        matches=matches,
     )
+
+
+def _matches(dataset: CocoDataset, results: np.ndarray, ids: list[int]) -> object | None:
+    """The per-image matches a paired bootstrap of ΔmAP resamples (bench.eval.bootstrap);
+    None when there is nothing to match."""
+    from bench.eval.bootstrap import evaluate_for_bootstrap
+
+    if len(results) == 0:
+        return None
+    return evaluate_for_bootstrap(dataset.coco, results, ids)
 
 
 def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator: str,

@@ -257,15 +257,22 @@ def test_evaluator_is_passed_through_and_checked_before_inference(val):
     assert len(oracle.shapes) == calls  # failed at once, not after the whole pass
 
 
-def test_progress_bar_shows_rate_and_time_left(val, capsys):
+def test_progress_bar_shows_rate_and_time_left(val):
+    import io
+
+    from bench import progress
+
     oracle = Oracle(val)
 
     def slow(x):  # slower than tqdm's refresh interval, so the bar redraws mid-pass
         time.sleep(0.15)
         return oracle(x)
 
-    run_accuracy(slow, val, imgsz=IMGSZ, progress=True, label="acc-test")
-    err = capsys.readouterr().err
+    stream = io.StringIO()  # the terminal the suite's bars draw on (bench.progress)
+    surface = progress.Surface(stream, column=lambda: 0, width=lambda: 120)
+    with progress.surface_installed(surface):
+        run_accuracy(slow, val, imgsz=IMGSZ, progress=True, label="acc-test")
+    err = stream.getvalue()
     assert "acc-test" in err
     # e.g. "acc-test:  50%|#####     | 3/6 [00:00<00:00,  6.4img/s]": done/total, elapsed<left, rate
     assert re.search(r"\d/6 \[\d\d:\d\d<\d\d:\d\d, +\d+(\.\d+)?img/s\]", err), err
