@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config import BenchConfig
-from bench.errors import BenchError, EngineUnavailable, one_line
+from bench.errors import BenchError, EngineUnavailable, ModelError, one_line
 from bench.measure.measurer import Measurer, Timer, plain_timer
 from bench.measure.references import References
 from bench.report.assemble import (
@@ -24,6 +24,7 @@ from bench.report.assemble import (
     ok_row,
     skipped_row,
     variant_extra,
+    with_delta_ci,
 )
 from bench.run import RunContext
 from bench.variants import REFERENCE, report_order, spec_of
@@ -97,6 +98,10 @@ class BenchSession:
                             calib_s=calib_s)
         try:
             prepared.accuracy = self.run.accuracy(engine, f"{variant} accuracy")
+            if prepared.accuracy.n_detections == 0:
+                raise ModelError(f"{variant}: no detections at all on {prepared.accuracy.n_images}"
+                                 f" evaluation images at conf {self.cfg.conf:g}; expected some "
+                                 "(a model that detects nothing is a failure, not a mAP of 0)")
         except BaseException:
             prepared.close()
             raise
@@ -152,24 +157,12 @@ class BenchSession:
         return judged
 
     def _with_delta_ci(self, row: ResultRow, matches: object | None) -> ResultRow:
-        """The paired bootstrap CI over images of ΔmAP vs fp32 (same images both sides)."""
-        from dataclasses import replace
-
-        from bench.eval.bootstrap import delta_map_ci
-
         if row.variant == REFERENCE:
             self._fp32_matches = matches
             return row
         if REFERENCE not in self.rows:
             self._reference_row()
-        reference = self._fp32_matches
-        if matches is None or reference is None:
-            return row
-        try:
-            ci = delta_map_ci(matches, reference)
-        except BenchError as exc:  # e.g. different images: no CI rather than a wrong one
-            return replace(row, extra={**row.extra, "delta_map_ci_error": one_line(exc)})
-        return replace(row, delta_map_low=ci.low, delta_map_high=ci.high)
+        return with_delta_ci(row, matches, self._fp32_matches)
 
     def _reference_row(self) -> ResultRow | None:
         """fp32 measured as the reference of the floors when the run did not plan it (or

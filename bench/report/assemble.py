@@ -82,6 +82,7 @@ def ok_row(variant: str, identity: Identity, artifact: Artifact, accuracy: Accur
                 "power": _power_extra(measurement)}
         if blocks.reference_ms:
             more[PAIRED_KEY] = float(np.median(blocks.reference_ms))
+    more["phases_s"] = _phases(build_s, calib_s, accuracy, measurement)
     return ResultRow(variant=variant, status="ok", **identity.to_dict(), **figures, **timed,
                      artifact=str(artifact.path), artifact_bytes=artifact.bytes, build_s=build_s,
                      calib_s=calib_s, eval_images=accuracy.n_images,
@@ -89,6 +90,15 @@ def ok_row(variant: str, identity: Identity, artifact: Artifact, accuracy: Accur
                      eval_fingerprint=provenance.eval_fingerprint,
                      calib_fingerprint=provenance.calib_fingerprint,
                      extra={**extra, **more})
+
+
+def _phases(build_s: float, calib_s: float | None, accuracy: AccuracyResult,
+            measurement: Measurement | None) -> dict[str, float]:
+    """Where a variant's time went, so that a nightly shows it (seconds)."""
+    phases = {"calibration": calib_s or 0.0, "build": build_s}
+    phases.update({f"accuracy_{k}": v for k, v in accuracy.phase_seconds.items()})
+    phases["latency"] = measurement.seconds_total if measurement is not None else 0.0
+    return {k: round(float(v), 3) for k, v in phases.items()}
 
 
 def _power_extra(measurement: Measurement) -> dict[str, Any]:
@@ -114,3 +124,20 @@ def failed_row(variant: str, identity: Identity, error: str) -> ResultRow:
 
 def skipped_row(variant: str, identity: Identity, reason: str) -> ResultRow:
     return ResultRow(variant=variant, status="skipped", reason=reason, **identity.to_dict())
+
+
+def with_delta_ci(row: ResultRow, matches: object | None, reference: object | None) -> ResultRow:
+    """The row with the paired bootstrap CI over images of its ΔmAP vs fp32 (the same
+    images on both sides; bench.eval.bootstrap); unchanged when either side has none."""
+    from dataclasses import replace
+
+    from bench.errors import BenchError, one_line
+    from bench.eval.bootstrap import delta_map_ci
+
+    if matches is None or reference is None:
+        return row
+    try:
+        ci = delta_map_ci(matches, reference)
+    except BenchError as exc:  # e.g. different images: no CI rather than a wrong one
+        return replace(row, extra={**row.extra, "delta_map_ci_error": one_line(exc)})
+    return replace(row, delta_map_low=ci.low, delta_map_high=ci.high)

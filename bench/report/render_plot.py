@@ -1,5 +1,10 @@
-"""pareto.png: median latency (x) against mAP (y), one labelled point per ok variant,
-the Pareto front drawn per (model, backend, device) group and FP32 highlighted.
+"""pareto.png: latency (x) against mAP (y), one labelled point per ok variant, with its
+confidence intervals as error bars, the Pareto front drawn per (model, backend, device)
+group and FP32 highlighted.
+
+x is paired with fp32, as the speedup column is: a variant sits at fp32's median divided
+by its speedup (the median of block ratios timed beside fp32), so the plot and the table
+never disagree about which is faster; rows without a paired speedup use their own median.
 
 Uses matplotlib's object API with the Agg canvas: no pyplot global state, no display.
 """
@@ -26,15 +31,38 @@ class ParetoPoint:
     map: float
     group: tuple
     reference: bool
+    latency_range: tuple[float, float] | None = None  # the CI, in ms
+    map_range: tuple[float, float] | None = None
 
 
 def pareto_points(rows: Iterable[ResultRow]) -> list[ParetoPoint]:
     """One point per ok row that has both mAP and a median latency."""
     rows = [r for r in rows if r.ok and r.map is not None and r.latency_ms is not None]
     several = len({r.group for r in rows}) > 1
+    refs = {r.group: r for r in rows if r.variant == REFERENCE_VARIANT}
     return [ParetoPoint(label=f"{r.variant} ({r.backend}, {r.device})" if several else r.variant,
-                        latency_ms=r.latency_ms.median, map=r.map, group=r.group,
-                        reference=r.variant == REFERENCE_VARIANT) for r in rows]
+                        latency_ms=x, map=r.map, group=r.group,
+                        reference=r.variant == REFERENCE_VARIANT, latency_range=x_range,
+                        map_range=_map_range(r, refs.get(r.group)))
+            for r in rows for x, x_range in [_paired_latency(r, refs.get(r.group))]]
+
+
+def _paired_latency(row: ResultRow, fp32: ResultRow | None
+                    ) -> tuple[float, tuple[float, float] | None]:
+    lat = row.latency_ms
+    if fp32 is None or row is fp32 or not row.speedup_vs_fp32:
+        ci = (lat.ci_low, lat.ci_high) if lat.ci_low is not None else None
+        return lat.median, ci
+    base = fp32.latency_ms.median
+    ci = ((base / row.speedup_high, base / row.speedup_low)
+          if row.speedup_low and row.speedup_high else None)
+    return base / row.speedup_vs_fp32, ci
+
+
+def _map_range(row: ResultRow, fp32: ResultRow | None) -> tuple[float, float] | None:
+    if fp32 is None or row.delta_map_low is None or row.delta_map_high is None:
+        return None
+    return fp32.map + row.delta_map_low, fp32.map + row.delta_map_high
 
 
 def pareto_front(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
@@ -55,6 +83,14 @@ def _draw_group(ax, points: list[ParetoPoint], color: str) -> None:
     if ref:
         ax.scatter([p.latency_ms for p in ref], [p.map for p in ref], color="crimson",
                    marker="*", s=160, zorder=4, gid="fp32", label="fp32 (reference)")
+    for p in points:
+        if p.latency_range or p.map_range:
+            xerr = ([[p.latency_ms - p.latency_range[0]], [p.latency_range[1] - p.latency_ms]]
+                    if p.latency_range else None)
+            yerr = ([[p.map - p.map_range[0]], [p.map_range[1] - p.map]]
+                    if p.map_range else None)
+            ax.errorbar([p.latency_ms], [p.map], xerr=xerr, yerr=yerr, fmt="none",
+                        ecolor=color, alpha=0.5, capsize=3, zorder=2, gid="ci")
     front = pareto_front(points)
     ax.plot([p.latency_ms for p in front], [p.map for p in front], linestyle="--",
             color=color, alpha=0.6, zorder=2, gid="pareto-front", label="Pareto front")
@@ -80,7 +116,8 @@ def pareto_figure(rows: Iterable[ResultRow]) -> Figure:
     if not points:
         ax.text(0.5, 0.5, "no ok variant with both mAP and latency", ha="center",
                 transform=ax.transAxes)
-    ax.set(xlabel="median latency (ms)", ylabel="mAP@[.5:.95]",
+    ax.set(xlabel="latency (ms): fp32's median / speedup (paired), 95 % CI",
+           ylabel="mAP@[.5:.95] (95 % CI of ΔmAP vs fp32)",
            title=f"Latency vs accuracy: {title_of(rows)}")
     ax.grid(True, alpha=0.3)
     return fig

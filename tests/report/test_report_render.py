@@ -94,7 +94,24 @@ def test_pareto_figure_has_one_point_per_ok_variant_and_fp32_highlighted():
     by_gid = {c.get_gid(): len(c.get_offsets()) for c in ax.collections}
     assert by_gid == {"variants": 2, "fp32": 1}
     assert sorted(t.get_text() for t in ax.texts) == ["fp16", "fp32", "int8-max"]
-    assert ax.get_xlabel() == "median latency (ms)"
+    assert ax.get_xlabel().startswith("latency (ms): fp32's median / speedup (paired)")
+
+
+def test_pareto_places_variants_by_their_paired_speedup_with_error_bars():
+    from bench.report.render_plot import pareto_points
+
+    fp32 = make_row("fp32", map=0.612, latency_ms={"median": 20.0, "p90": 22.0, "p99": 25.0,
+                                                   "mean": 21.0, "min": 19.0, "ci_low": 19.5,
+                                                   "ci_high": 20.5})
+    # the variant's own median (12 ms) was taken in a fast minute; paired, it is 1.25x
+    int8 = make_row("int8-max", map=0.60, latency_ms=lat(12.0), speedup_vs_fp32=1.25,
+                    speedup_low=1.2, speedup_high=1.3, delta_map_low=-0.02,
+                    delta_map_high=-0.004)
+    points = {p.label: p for p in pareto_points([fp32, int8])}
+    assert points["int8-max"].latency_ms == 16.0  # 20 / 1.25: what the speedup column says
+    assert points["int8-max"].latency_range == (20 / 1.3, 20 / 1.2)
+    assert points["int8-max"].map_range == (0.612 - 0.02, 0.612 - 0.004)
+    assert points["fp32"].latency_range == (19.5, 20.5)
 
 
 def test_pareto_png_is_a_valid_image(tmp_path):
