@@ -86,16 +86,61 @@ def _latency(stat: str) -> Getter:
     return lambda row, base: getattr(row.latency_ms, stat) if row.latency_ms else None
 
 
-def _vs_baseline_map(row: ResultRow, base: ResultRow | None) -> float | None:
+def _vs_baseline_map(row: ResultRow, base: ResultRow | None) -> Any:
     if base is None or not row.ok or not base.ok or row.map is None or base.map is None:
         return None
+    if row.baseline_map_verdict == "not comparable":
+        return "n/c"  # another evaluation (images, size, thresholds): never compared
     return row.map - base.map
 
 
-def _vs_baseline_latency(row: ResultRow, base: ResultRow | None) -> float | None:
-    if base is None or not row.ok or not base.ok or not row.latency_ms or not base.latency_ms:
+# The latency verdict against the baseline in one mark beside the change.
+VERDICT_MARKS = {"regression": "▲", "inconclusive": "?", "no change": "="}
+
+
+def _vs_baseline_latency(row: ResultRow, base: ResultRow | None) -> Any:
+    if base is None or not row.ok or not base.ok:
         return None
-    return row.latency_ms.median / base.latency_ms.median - 1.0
+    if row.baseline_latency_verdict == "not comparable":
+        return "n/c"
+    if row.baseline_latency_ratio is None:
+        return None
+    mark = VERDICT_MARKS.get(row.baseline_latency_verdict or "", "")
+    return f"{percent(row.baseline_latency_ratio - 1.0)} {mark}".rstrip()
+
+
+def _with_pm(value: float, halfwidth: float | None, text: str) -> str:
+    """A figure with its CI's relative half-width, e.g. "1.94 ±3%"."""
+    if halfwidth is None or not math.isfinite(halfwidth):
+        return text
+    return f"{text} ±{halfwidth * 100:.0f}%"
+
+
+def _median_cell(row: ResultRow, base: ResultRow | None) -> Any:
+    lat = row.latency_ms
+    return None if lat is None else _with_pm(lat.median, lat.ci_rel_halfwidth, fmt_ms(lat.median))
+
+
+def _speedup_cell(row: ResultRow, base: ResultRow | None) -> Any:
+    s = row.speedup_vs_fp32
+    if s is None:
+        return None
+    half = ((row.speedup_high - row.speedup_low) / 2 / s
+            if row.speedup_low is not None and row.speedup_high is not None else None)
+    return _with_pm(s, half, f"{s:.2f}×")
+
+
+def _delta_cell(row: ResultRow, base: ResultRow | None) -> Any:
+    d = row.delta_map_vs_fp32
+    if d is None:
+        return None
+    if row.delta_map_low is None or row.delta_map_high is None:
+        return signed(d)
+    return f"{signed(d)}±{(row.delta_map_high - row.delta_map_low) / 2:.3f}".replace("±0.", "±.")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else signed(value)
 
 
 def verdict(row: ResultRow) -> str:
@@ -116,15 +161,15 @@ def _three(value: float) -> str:
 COLUMNS: tuple[Column, ...] = (
     Column("variant", lambda r, b: safe_text(r.variant), str, numeric=False),
     Column("mAP", _field("map"), _three),
-    Column("ΔmAP\nfp32", _field("delta_map_vs_fp32"), signed, priority=1),
+    Column("ΔmAP\nfp32", _delta_cell, str, priority=1),
     Column("AP50", _field("map50"), _three, priority=6),
-    Column("median\nms", _latency("median"), fmt_ms),
+    Column("median\nms", _median_cell, str),
     Column("p90\nms", _latency("p90"), fmt_ms, priority=5),
     Column("p99\nms", _latency("p99"), fmt_ms, priority=7),
     Column("img/s", _field("throughput_ips"), lambda v: f"{v:.1f}", priority=6),
-    Column("speedup\nfp32", _field("speedup_vs_fp32"), lambda v: f"{v:.2f}×", priority=1),
-    Column("ΔmAP\nbase", _vs_baseline_map, signed, priority=2),
-    Column("latency\nbase", _vs_baseline_latency, percent, priority=2),
+    Column("speedup\nfp32", _speedup_cell, str, priority=1),
+    Column("ΔmAP\nbase", _vs_baseline_map, _text, priority=2),
+    Column("latency\nbase", _vs_baseline_latency, str, priority=2),
     Column("W", _field("power_w"), lambda v: f"{v:.2f}", priority=3),
     Column("mJ/inf", _field("energy_mj_per_inference"), lambda v: f"{v:.1f}", priority=3),
     Column("size\nMB", lambda r, b: r.artifact_bytes / 1e6 if r.artifact_bytes else None,

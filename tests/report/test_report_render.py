@@ -53,7 +53,7 @@ def test_markdown_shows_the_change_against_the_baseline():
                     make_env(), base)
     run = Run(make_env(), tuple(now), True, "2025-01-02T00:00:00", run_id="r2")
     md = render_markdown(run, baseline=base, baseline_source="results/baseline.json")
-    assert "| int8-max¹ | 0.590 | −0.022 | 9.00 | 2.22× | −0.010 | +12.5 % | ❌ FAIL |" in md
+    assert "| int8-max¹ | 0.590 | −0.022 | 9.00 | 2.22× | −0.010 | +12.5 % ▲ | ❌ FAIL |" in md
     assert md.splitlines()[0] == ("### ❌ Gate failed: int8-max: mAP 0.5900 \\< baseline "
                                   "0.6000 − 0.005 = 0.5950")
     assert "(results/baseline.json)" in md
