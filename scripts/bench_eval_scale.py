@@ -191,7 +191,7 @@ def timed_eval(coco, results: np.ndarray, evaluator: str) -> tuple[dict, float, 
 def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
     ds = replicated(source, args.images, work / "replicated")
     infer, imgsz = ort_infer(args.threads)
-    print(f"evaluation set: {len(ds)} images ({len(source)} distinct),"
+    print(f"evaluation set: {len(ds)} images ({min(len(source), len(ds))} distinct),"
           f" {len(ds.coco.anns)} annotations; model: embedded default at {imgsz} px,"
           f" ONNX Runtime CPU, {args.threads} threads, batch {args.batch}")
     cache = LetterboxCache()  # as a session shares it between its variants
