@@ -191,7 +191,7 @@ def timed_eval(coco, results: np.ndarray, evaluator: str) -> tuple[dict, float, 
 def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
     ds = replicated(source, args.images, work / "replicated")
     infer, imgsz = ort_infer(args.threads)
-    print(f"evaluation set: {len(ds)} images ({len(source)} distinct),"
+    print(f"evaluation set: {len(ds)} images ({min(len(source), len(ds))} distinct),"
           f" {len(ds.coco.anns)} annotations; model: embedded default at {imgsz} px,"
           f" ONNX Runtime CPU, {args.threads} threads, batch {args.batch}")
     cache = LetterboxCache()  # as a session shares it between its variants
@@ -215,14 +215,17 @@ def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
 def one_pass(args, infer, ds, source, imgsz, cache, out):
     """One accuracy pass, with the engine alone timed on a probe just before and after."""
     probe = min(args.images, args.engine_probe)
+    cached_mb = -cache.used / 2**20  # the cache's growth in this pass is reported apart
     before = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     with PeakRss() as mem:
         res = run_accuracy(infer, ds, imgsz=imgsz, batch=args.batch, progress=args.progress,
                            results_path=out, evaluator="faster", cache=cache)
     after = engine_alone(infer, source, imgsz, args.batch, probe) / probe
+    cached_mb += cache.used / 2**20
+    print(f"   (letterbox cache grew by {cached_mb:.0f} MB: left out of the peak below)")
     print(f"   (engine alone on {probe} images: {1000 * before:.1f} ms/img before,"
           f" {1000 * after:.1f} after)")
-    return res, (before + after) / 2 * len(ds), mem.extra_mb
+    return res, (before + after) / 2 * len(ds), mem.extra_mb - cached_mb
 
 
 def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> None:
