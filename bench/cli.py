@@ -106,14 +106,14 @@ def _build(args: argparse.Namespace) -> int:
 
     from bench.build import build_variant
     from bench.config import load_config
-    from bench.session import BenchSession
+    from bench.run import RunContext
 
     out = Path(args.out)
     if not out.parent.is_dir():
         raise BenchError(f"option --out: folder {out.parent} does not exist")
     cfg = load_config({"model": args.model, "calib": args.calib, "coco": args.coco,
                        "qdq_profile": args.qdq_profile or "tensorrt"})
-    artifact = build_variant(args.variant, BenchSession(cfg).context())
+    artifact = build_variant(args.variant, RunContext(cfg).build_context())
     shutil.copyfile(artifact.path, out)
     print(f"{args.variant}: wrote {out} ({artifact.bytes / 1e6:.1f} MB, "
           f"{'from cache' if artifact.cached else f'built in {artifact.build_s:.1f} s'})")

@@ -112,9 +112,10 @@ def measure_slowdown(src: str | Path, slowed: str | Path, batch: np.ndarray, *,
     alternating slowed, src, slowed, ... with one untimed call when the session changes."""
     import time
 
-    from bench.engines.ort import OrtEngine
+    from bench.engines.ort import OrtEngine, OrtOptions
 
-    with OrtEngine(src, threads=threads) as base, OrtEngine(slowed, threads=threads) as slow:
+    options = OrtOptions(threads=threads)
+    with OrtEngine(src, options=options) as base, OrtEngine(slowed, options=options) as slow:
         def block(engine) -> list[float]:
             engine.infer(batch)
             times = []

@@ -27,7 +27,8 @@ def _flatten(row: ResultRow) -> dict[str, Any]:
             flat.update(_latency_columns(LATENCY_PREFIX[f.name], value))
         elif f.name == "gate":
             flat.update(gate_passed=value.passed, gate_reasons=" | ".join(value.reasons),
-                        gate_notes=" | ".join(value.notes))
+                        gate_notes=" | ".join(value.notes),
+                        gate_warnings=" | ".join(value.warnings))
         elif f.name == "extra":
             flat["extra"] = json.dumps(dict(value), sort_keys=True) if value else ""
         else:

@@ -6,7 +6,7 @@ import pytest
 
 from bench.data import synthetic
 from bench.data.coco import CocoDataset
-from bench.engines.ort import OrtEngine
+from bench.engines.ort import OrtEngine, OrtOptions
 from bench.errors import ModelError
 from bench.eval.coco_eval import evaluate
 from bench.measure.perturb import (
@@ -26,7 +26,7 @@ def images() -> np.ndarray:
 
 
 def _run(path: Path, batch: np.ndarray) -> dict:
-    with OrtEngine(path, threads=1) as engine:
+    with OrtEngine(path, options=OrtOptions(threads=1)) as engine:
         return engine.infer(batch)
 
 

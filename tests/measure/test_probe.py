@@ -3,7 +3,7 @@ import time
 import numpy as np
 import onnx
 
-from bench.engines.ort import OrtEngine
+from bench.engines.ort import OrtEngine, OrtOptions
 from bench.measure import probe
 
 
@@ -30,7 +30,7 @@ def test_probe_runs_on_the_ort_engine_in_a_few_milliseconds(tmp_path):
     batch = probe.probe_batch()
     assert batch.shape == probe.INPUT_SHAPE and batch.dtype == np.float32
     assert np.array_equal(batch, probe.probe_batch())
-    with OrtEngine(probe.probe_model_path(tmp_path), threads=1) as engine:
+    with OrtEngine(probe.probe_model_path(tmp_path), options=OrtOptions(threads=1)) as engine:
         out = engine.infer(batch)[probe.OUTPUT_NAME]
         assert out.shape == (1, 64, 1, 1) and np.all(np.isfinite(out)) and out.max() > 0
         assert np.array_equal(out, engine.infer(batch)[probe.OUTPUT_NAME])
