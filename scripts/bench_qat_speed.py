@@ -38,6 +38,7 @@ def _old_qat() -> ModuleType:
                             check=True, capture_output=True, text=True).stdout
     spec = importlib.util.spec_from_loader("qat_old", loader=None)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["qat_old"] = module  # dataclasses look their module up there
     exec(compile(source, f"{BASE}:bench/quant/qat.py", "exec"), module.__dict__)
     return module
 

@@ -28,7 +28,7 @@ GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
 MIN_DEFAULT_STEPS = 200
 # The teacher's tensors are kept for every image up to this size (float16), else recomputed.
-TEACHER_CACHE_BYTES = 1 << 30
+TEACHER_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
