@@ -38,6 +38,7 @@ def _old_qat() -> ModuleType:
                             check=True, capture_output=True, text=True).stdout
     spec = importlib.util.spec_from_loader("qat_old", loader=None)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["qat_old"] = module  # dataclasses look their module up there
     exec(compile(source, f"{BASE}:bench/quant/qat.py", "exec"), module.__dict__)
     return module
 
@@ -121,7 +122,7 @@ def _breakdown_old(old, model, plan, amax, images, steps: int) -> dict[str, floa
 def _breakdown_new(model, plan, amax, images, steps: int) -> dict[str, float]:
     from bench.models.onnx_torch import OnnxModule
 
-    student = OnnxModule(model)
+    student = OnnxModule(model).to_channels_last()
     quant = new_qat.FakeQuantizer(plan, amax, "cpu", learn_scales=True)
     student.set_taps(quant.tapped_names)
     watched = quant.supervised_tensors(model)
@@ -169,7 +170,7 @@ def _native_vs_interpreter(path: Path, native: torch.nn.Module, images: np.ndarr
     with torch.no_grad():
         target = native(batch)
         gap = float((interp(batch)[0] - target).abs().max())
-    runs = {"interpreter": (interp, lambda m: m(batch)[0]), "native": (native, native)}
+    runs = {"interpreter": (interp, lambda m: m(batch)[0]), "native": (native, lambda m: m(batch))}
     optim = {k: torch.optim.Adam(m.parameters(), lr=1e-6) for k, (m, _) in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(steps):

@@ -121,24 +121,31 @@ def trt_nms_model(path: Path, classes: int) -> Path:
 
 
 def dynamic_hw_model(path: Path, classes: int, baked: bool) -> Path:
-    """H and W dynamic; with baked=True the decode adds a grid constant [1, 1, 8, 8, 2]
-    fixed at export (YOLOv7 --grid --dynamic), so the model only runs at 64."""
+    """H and W dynamic, output [B, N, 5+classes]; with baked=True the decode adds a grid
+    constant [1, 1, 8, 8, 2] to the box centres, fixed at export (YOLOv7 --grid --dynamic),
+    so the model only runs at 64."""
     rng = np.random.default_rng(1)
-    inits = [_init("w", rng.normal(0, 0.1, (2, 3, 8, 8)).astype(np.float32)),
-             _init("unsq", np.array([1], np.int64)),
-             _init("flat", np.array([0, -1, 2], np.int64))]
+    inits = [_init("w", rng.normal(0, 0.1, (5 + classes, 3, 8, 8)).astype(np.float32)),
+             _init("unsq", np.array([1], np.int64)), _init("c0", np.array([0], np.int64)),
+             _init("c2", np.array([2], np.int64)), _init("cend", np.array([99], np.int64)),
+             _init("ax4", np.array([4], np.int64)),
+             _init("flat", np.array([0, -1, 5 + classes], np.int64))]
     node = helper.make_node
     nodes = [node("Conv", ["images", "w"], ["conv"], strides=[8, 8]),
-             node("Transpose", ["conv"], ["xy"], perm=[0, 2, 3, 1]),
-             node("Unsqueeze", ["xy", "unsq"], ["xy5"])]
+             node("Transpose", ["conv"], ["cells_t"], perm=[0, 2, 3, 1]),
+             node("Unsqueeze", ["cells_t", "unsq"], ["cells5"]),
+             node("Slice", ["cells5", "c0", "c2", "ax4"], ["xy"]),
+             node("Slice", ["cells5", "c2", "cend", "ax4"], ["rest"])]
     if baked:
         inits.append(_init("grid", np.zeros((1, 1, 8, 8, 2), np.float32)))
-        nodes.append(node("Add", ["xy5", "grid"], ["cells"]))
+        nodes.append(node("Add", ["xy", "grid"], ["centres"]))
     else:
-        nodes.append(node("Identity", ["xy5"], ["cells"]))
-    nodes.append(node("Reshape", ["cells", "flat"], ["output"]))
+        nodes.append(node("Identity", ["xy"], ["centres"]))
+    nodes += [node("Concat", ["centres", "rest"], ["cells"], axis=4),
+              node("Reshape", ["cells", "flat"], ["output"])]
     inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, "h", "w"])]
-    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", "n", 2])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT,
+                                             ["b", "n", 5 + classes])]
     return _save(path, nodes, inputs, outputs, inits, opset=13)
 
 
@@ -305,7 +312,8 @@ def test_user_model_runs_on_the_embedded_dataset_when_classes_agree(tiny_detecto
 
 def test_dynamic_hw_size_read_from_the_baked_grid(tmp_path, tiny_coco):
     path = dynamic_hw_model(tmp_path / "dyn.onnx", 8, baked=True)
-    assert resolve_inputs(_cfg(path, tiny_coco, num_classes=8)).imgsz == 64
+    inputs = resolve_inputs(_cfg(path, tiny_coco))
+    assert (inputs.imgsz, inputs.layout, inputs.num_classes) == (64, "raw", 8)
     with pytest.raises(ConfigError, match="grids baked for 64x64 .* expected 64 or no --imgsz"):
         resolve_inputs(_cfg(path, tiny_coco, imgsz=320))
 
@@ -317,6 +325,10 @@ def test_dynamic_hw_without_a_size_in_the_model_asks_for_imgsz(tmp_path, tiny_co
     assert "dynamic height and width (h x w)".replace(" x ", "x") in str(info.value)
     assert "give --imgsz N" in str(info.value) and len(str(info.value).splitlines()) == 1
     assert resolve_inputs(_cfg(path, tiny_coco, imgsz=96)).imgsz == 96
+    with pytest.raises(InputDataError, match="three.json: maps 3 classes, but model .* predicts 8"):
+        mapping = tmp_path / "three.json"
+        mapping.write_text("[2, 5, 11]")  # the probe ran: 8 classes, not the map's 3
+        resolve_inputs(_cfg(path, tiny_coco, imgsz=96, class_map=mapping))
 
 
 # --- class map files ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
 MIN_DEFAULT_STEPS = 200
 # The teacher's tensors are kept for every image up to this size (float16), else recomputed.
-TEACHER_CACHE_BYTES = 1 << 30
+TEACHER_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     from bench.models.onnx_torch import OnnxModule, state_to_onnx
 
     torch.manual_seed(settings.seed)
-    student = OnnxModule(model)  # unsupported op -> ModelError
+    student = OnnxModule(model).to_channels_last()  # unsupported op -> ModelError
     quant = FakeQuantizer(plan, amax, profile, learn_scales=settings.learn_scales)
     student.set_taps(quant.tapped_names)
     watched = quant.supervised_tensors(model)
@@ -301,7 +301,7 @@ class Teacher:
                  batch: int):
         from bench.models.onnx_torch import OnnxModule
 
-        self._module = OnnxModule(model).requires_grad_(False)
+        self._module = OnnxModule(model).requires_grad_(False).to_channels_last()
         self._images, self._names, self._batch = images, tuple(dict.fromkeys(names)), batch
         first = self._forward(np.arange(min(batch, len(images))) % len(images))
         per_image = sum(t[0].numel() for t in first.values()) * 2  # float16 bytes
@@ -365,11 +365,14 @@ def _holdout_error(student: Any, quant: FakeQuantizer, images: np.ndarray, held:
 
 
 def _as_float(batch: np.ndarray) -> Any:
+    """A float tensor of the batch, channels-last like the modules' weights."""
     import torch
 
     if batch.dtype == np.uint8:
-        return torch.from_numpy(batch).float().div_(255.0)
-    return torch.from_numpy(np.ascontiguousarray(batch))
+        tensor = torch.from_numpy(batch).float().div_(255.0)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
 def _normalised_mse(student: Any, teacher: Any) -> Any:

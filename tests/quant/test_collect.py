@@ -13,7 +13,7 @@ RNG = np.random.default_rng(0)
 WEIGHT = RNG.standard_normal((6, 4, 1, 1)).astype(np.float32)
 
 
-def _model(path, *, size=8, with_sqrt=False):
+def _model(path, *, size=8, with_sqrt=False, batch="n"):
     """x -> Mul(2) -> doubled -> Relu -> rectified -> Conv 1x1 -> mixed -> Sigmoid -> y."""
     nodes = [
         helper.make_node("Mul", ["x", "two"], ["doubled"]),
@@ -22,7 +22,7 @@ def _model(path, *, size=8, with_sqrt=False):
         helper.make_node("Sigmoid", ["mixed"], ["y"]),
         helper.make_node("Shape", ["mixed"], ["mixed_shape"]),
     ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, size, size])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 6, size, size])]
     if with_sqrt:  # sqrt of a negative input is NaN
         nodes.append(helper.make_node("Sqrt", ["x"], ["root"]))
         outputs.append(helper.make_tensor_value_info("root", TensorProto.FLOAT, None))
@@ -30,7 +30,7 @@ def _model(path, *, size=8, with_sqrt=False):
         numpy_helper.from_array(np.array(2.0, np.float32), "two"),
         numpy_helper.from_array(WEIGHT, "w"),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, size, size])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, size, size])
     graph = helper.make_graph(nodes, "calib", [x], outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -66,6 +66,23 @@ def test_histograms_match_activations_computed_independently(tmp_path):
             == 5 * batches[0].size // 4 * (6 if name == "mixed" else 4)
         )
         assert hists[name].amax_seen == pytest.approx(expected.amax_seen, rel=1e-5)
+        np.testing.assert_allclose(hists[name].counts, expected.counts, atol=2.0)
+
+
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_a_fixed_batch_model_gets_regrouped_batches_and_counts_each_image_once(tmp_path,
+                                                                              fixed):
+    path = _model(tmp_path / "m.onnx", batch=fixed)
+    batches = [*_batches(2, batch=2), *_batches(1, batch=3, seed=4)]  # 7 images in all
+    names = ["mixed", "x"]
+    hists = collect_histograms(path, names, iter(batches), bins=256, progress=False)
+    images = np.concatenate(batches)
+    for name in names:
+        expected = AbsHistogram(bins=256)  # fed as the model was: `fixed` images at a time
+        for start in range(0, len(images), fixed):
+            expected.update(_numpy_activations(images[start:start + fixed])[name])
+        assert hists[name].total == expected.total == images.size // 4 * (
+            6 if name == "mixed" else 4)
         np.testing.assert_allclose(hists[name].counts, expected.counts, atol=2.0)
 
 
