@@ -64,6 +64,11 @@ class RunContext:
         return self._inputs
 
     @property
+    def inputs_error(self) -> BenchError | None:
+        """Why the inputs could not be resolved (every variant would fail the same way)."""
+        return self._error
+
+    @property
     def resolved(self) -> RunInputs | None:
         """The inputs if they were resolved already, without resolving them."""
         return self._inputs

@@ -64,8 +64,10 @@ def latency_trials(name: str, baseline_model: Path, trial_model: Path, coco: Pat
         ratios = [f"{r.variant} {r.baseline_latency_ratio:.3f}"
                   f" [{r.baseline_latency_low:.3f}, {r.baseline_latency_high:.3f}]"
                   for r in session.rows.values() if r.baseline_latency_ratio]
-        print(f"  {name} trial {trial + 1:2d}: {', '.join(row_verdicts)}  ({'; '.join(ratios)})",
-              flush=True)
+        why = sorted({n for r in session.rows.values() for n in r.gate.notes
+                      if n.startswith("latency not comparable")})
+        print(f"  {name} trial {trial + 1:2d}: {', '.join(row_verdicts)}  ({'; '.join(ratios)})"
+              + (f"  [{'; '.join(why)}]" if why else ""), flush=True)
         shutil.rmtree(work, ignore_errors=True)
     return verdicts
 

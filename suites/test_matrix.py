@@ -44,6 +44,10 @@ def test_variant(variant, bench_session, benchmark):
     prepared = bench_session.prepare(variant)
     if prepared.status == "skipped":
         pytest.skip(prepared.reason)
+    if prepared.status == "failed" and bench_session.run.inputs_error is not None:
+        # the model or dataset itself is unusable: say it once and stop the run
+        pytest.exit(f"bench: {bench_session.run.inputs_error}",
+                    returncode=pytest.ExitCode.TESTS_FAILED)
     if prepared.status == "failed":
         pytest.fail(f"{variant}: {prepared.reason}", pytrace=False)
     row = bench_session.measure(prepared, pedantic_timer(benchmark))

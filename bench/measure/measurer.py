@@ -35,6 +35,7 @@ Timer = Callable[[Callable[[], object], int, Callable[[], object]], None]
 
 SETTLE_PAUSE_S = 0.05  # measured: a spinning ORT pool stops within about 50 ms
 SETTLE_CALLS = 4
+MAX_SPAN_CALLS = 20  # a probe block runs at most this many times its usual calls
 E2E_ROUNDS = 20
 
 
@@ -83,10 +84,15 @@ class _Block:
         for _ in range(SETTLE_CALLS):
             self.engine.infer(self.batch)
 
-    def run(self, calls: int) -> float:
+    def run(self, calls: int, span_s: float = 0.0) -> float:
+        """At least `calls` calls, and more until the block spans `span_s` (at most
+        MAX_SPAN_CALLS x calls): a short probe samples the machine over as long a
+        stretch as the variant's block did, so drift within a block cancels too."""
         self.settle()
-        seconds = []
-        for _ in range(calls):
+        seconds: list[float] = []
+        began = time.perf_counter()
+        while len(seconds) < calls or (time.perf_counter() - began < span_s
+                                       and len(seconds) < MAX_SPAN_CALLS * calls):
             start = time.perf_counter()
             self.engine.infer(self.batch)
             seconds.append(time.perf_counter() - start)
@@ -124,6 +130,9 @@ class Measurer:
         size = -(-self.rounds // self.blocks)  # calls per block, rounded up
         ref_out: list[float] = []
         probe_out: list[float] = []
+        start = time.perf_counter()
+        engine.infer(batch)  # one more warm call, timed: the first probe block's span
+        first_call = time.perf_counter() - start
         others = [(_Block(reference, batch), ref_out)] if reference is not None else []
         if probe is not None:
             others.append((_Block(*probe), probe_out))
@@ -133,8 +142,10 @@ class Measurer:
         done = [0]
 
         def references() -> None:
+            # the probe spans as long as the variant's blocks take (seconds of calls)
+            span = float(np.sum(seconds[-size:])) if seconds else size * first_call
             for block, out in others:
-                out.append(block.run(size))
+                out.append(block.run(size, span if out is probe_out else 0.0))
 
         def setup() -> None:  # untimed: runs before every timed call
             if done[0] % size == 0:
