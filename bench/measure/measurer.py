@@ -120,7 +120,7 @@ class Measurer:
         getattr(engine, "reset_timings", lambda: None)()  # GPU event times of this pass
         seconds, blocks = self._interleaved(engine, batch, reference, probe, timer)
         power, power_calls = self._power_window(engine, batch, sampler)
-        e2e = _time_calls(end_to_end, min(E2E_ROUNDS, self.rounds)) if end_to_end else ()
+        e2e = time_calls(end_to_end, min(E2E_ROUNDS, self.rounds)) if end_to_end else ()
         return Measurement(tuple(seconds), blocks, tuple(e2e), power, power_calls, len(batch),
                            time.perf_counter() - began)
 
@@ -181,7 +181,8 @@ class Measurer:
         return reading, self.rounds
 
 
-def _time_calls(call: Callable[[], object], rounds: int) -> list[float]:
+def time_calls(call: Callable[[], object], rounds: int) -> list[float]:
+    """Wall time of each of `rounds` calls (perf_counter)."""
     timings = []
     for _ in range(rounds):
         start = time.perf_counter()
