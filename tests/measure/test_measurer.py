@@ -34,7 +34,6 @@ def test_blocks_interleave_reference_and_probe_around_each_variant_block():
     # every variant block is preceded by a reference and a probe block (settle calls included)
     assert timed_order.index("r") < timed_order.index("p") < timed_order.rindex("v")
     assert all(r >= 4.0 for r in m.blocks.reference_ms)  # 4 ms calls (sleeps only overrun)
-    assert min(m.blocks.reference_ms) > max(m.blocks.probe_ms) or max(m.blocks.probe_ms) > 4
     assert m.power_calls == 0  # no power source: no separate power window
 
 
