@@ -2,13 +2,22 @@
 the kept groups and their FLOP share are in the row, and the artifact is cached by the
 search settings."""
 
+import sys
+from pathlib import Path
+
 import onnx
 import pytest
 
 from bench.config import load_config
+from bench.diagnose.auto import NOTHING_FLOAT, kept_flops_pct
+from bench.diagnose.ort_profile import conv_flops
+from bench.quant.placement import KeepFloat, plan_quantization, quant_groups
 from bench.quant.qdq import quantized_tensor_set
 from bench.session import BenchSession
 from bench.variants import default_variants, spec_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
+from yolo_like import FIRST_CONV, HEAD_CONVS, build_yolo_like  # noqa: E402
 
 
 def _session(tmp_path, model, coco, **options) -> BenchSession:
@@ -28,8 +37,24 @@ def test_int8_auto_is_registered_off_the_default_matrix():
     assert "int8-auto" not in default_variants()
 
 
-def test_int8_auto_searches_records_its_plan_and_is_cached(tmp_path, tiny_detector, tiny_coco):
-    session = _session(tmp_path, tiny_detector, tiny_coco)
+@pytest.fixture(scope="module")
+def mini_detector(tmp_path_factory):
+    """tests/quant/yolo_like.py's 32 px graph (3 classes, 26 groups: the search stays
+    fast) mapped onto the first three categories of the generated dataset."""
+    import json
+
+    from bench.data.synthetic import CATEGORIES
+
+    folder = tmp_path_factory.mktemp("mini")
+    onnx.save(build_yolo_like(), str(folder / "mini.onnx"))
+    mapping = {str(i): CATEGORIES[i][0] for i in range(3)}
+    (folder / "classes.json").write_text(json.dumps(mapping))
+    return folder / "mini.onnx", folder / "classes.json"
+
+
+def test_int8_auto_searches_records_its_plan_and_is_cached(tmp_path, mini_detector, tiny_coco):
+    model, classes = mini_detector
+    session = _session(tmp_path, model, tiny_coco, class_map=str(classes))
     prepared = session.prepare("int8-auto")
     assert prepared.status == "ok", prepared.reason
     row = session.measure(prepared)
@@ -41,33 +66,27 @@ def test_int8_auto_searches_records_its_plan_and_is_cached(tmp_path, tiny_detect
     assert search["evaluations"] >= search["groups"] + 3
     assert 0.0 <= meta["kept_float_conv_flops_pct"] < 100.0
     assert isinstance(meta["kept_float"], list) and len(search["top"]) == 10
-    # nothing kept float to start with: the first conv's input (the image) is quantized
-    # unless the search left the first conv float
-    quantized = quantized_tensor_set(onnx.load(row.artifact), activations_only=True)
-    first_conv_float = any(name.startswith("/model.0/") for name in meta["kept_float"])
-    assert ("images" in quantized) != first_conv_float
-    assert meta["quantized_tensors"] == len(quantized)
+    # nothing kept float to start with: the first conv and the head convs are quantized
+    # unless the search left them float
+    quantized = quantized_tensor_set(onnx.load(row.artifact))
+    fp32 = build_yolo_like()
+    groups = quant_groups(fp32, plan_quantization(fp32, keep_float=KeepFloat(**NOTHING_FLOAT)))
+    assert len(groups) == search["groups"]
+    kept = {n for g in groups if g.name in meta["kept_float"] for n in g.nodes}
+    weights = {n.name: n.input[1] for n in fp32.graph.node if n.op_type == "Conv"}
+    for conv in (FIRST_CONV, *HEAD_CONVS):
+        assert (weights[conv] in quantized) == (conv not in kept), conv
 
-    again = _session(tmp_path, tiny_detector, tiny_coco).prepare("int8-auto")
+    again = _session(tmp_path, model, tiny_coco, class_map=str(classes)).prepare("int8-auto")
     again.close()
     assert again.artifact.cached and again.artifact.path == prepared.artifact.path
-    other = _session(tmp_path, tiny_detector, tiny_coco, floor_qat=0.5).prepare("int8-auto")
+    other = _session(tmp_path, model, tiny_coco, class_map=str(classes),
+                     floor_qat=0.5).prepare("int8-auto")
     other.close()
     assert not other.artifact.cached  # the target is part of the key
 
 
 def test_kept_flops_share_counts_the_kept_convs():
-    pytest.importorskip("onnxruntime")
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
-    from yolo_like import build_yolo_like
-
-    from bench.diagnose.auto import NOTHING_FLOAT, kept_flops_pct
-    from bench.diagnose.ort_profile import conv_flops
-    from bench.quant.placement import KeepFloat, plan_quantization, quant_groups
-
     model = build_yolo_like()
     groups = quant_groups(model, plan_quantization(model, keep_float=KeepFloat(**NOTHING_FLOAT)))
     convs = [g for g in groups if g.kind == "conv"]
