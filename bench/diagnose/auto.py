@@ -25,11 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import ModelError
+from bench.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from bench.build import BuildContext
     from bench.cache import Artifact
+    from bench.config import BenchConfig
+    from bench.diagnose.sensitivity import Ranking
     from bench.quant.placement import QuantGroup
     from bench.variants import VariantSpec
 
@@ -69,6 +71,17 @@ def build_auto(spec: VariantSpec, ctx: BuildContext) -> Artifact:
 
 def _search_and_write(spec: VariantSpec, ctx: BuildContext, subset: Any,
                       out: Path) -> dict[str, Any]:
+    model, amax, groups, evaluator = _setup(spec, ctx, subset)
+    try:
+        return _search(spec, ctx, subset, model, amax, groups, evaluator, out)
+    finally:
+        evaluator.close()
+
+
+def _setup(spec: VariantSpec, ctx: BuildContext, subset: Any) -> tuple[Any, dict[str, float],
+                                                                      tuple[QuantGroup, ...],
+                                                                      _Evaluator]:
+    """The nothing-float plan calibrated by spec's calibrator, its groups, an evaluator."""
     from bench.onnx_file import load_model
     from bench.quant.placement import KeepFloat, plan_quantization, quant_groups
     from bench.quant.ptq import Histograms
@@ -79,9 +92,42 @@ def _search_and_write(spec: VariantSpec, ctx: BuildContext, subset: Any,
     amax = Histograms(ctx.model_path, ctx.calib_batches, total=cfg.calib_count,
                       progress=cfg.progress).amax(plan, spec.calibrator, cfg.percentile)
     groups = quant_groups(model, plan)
-    evaluator = _Evaluator(spec, ctx, subset, model, amax)
+    return model, amax, groups, _Evaluator(spec, ctx, subset, model, amax)
+
+
+def _rank(groups: tuple[QuantGroup, ...], evaluator: _Evaluator, *, progress: bool,
+          alone: bool = False) -> tuple[Ranking, float]:
+    """rank_sensitivity with a progress bar; the ranking and its seconds."""
+    from bench.diagnose.sensitivity import rank_sensitivity
+    from bench.progress import bar
+
+    total = 1 + len(groups) + (1 + len(groups) if alone else 0)
+    with bar(total=total, desc="sensitivity", unit="eval", enabled=progress) as ticks:
+        start = time.perf_counter()
+        ranking = rank_sensitivity(groups, evaluator, alone=alone,
+                                   progress=lambda _label: ticks.update(1))
+    return ranking, time.perf_counter() - start
+
+
+def rank_variant(cfg: BenchConfig, variant: str, *, images: int = AUTO_EVAL_IMAGES,
+                 alone: bool = False) -> tuple[Ranking, float, float]:
+    """The sensitivity ranking of an INT8 variant's calibration from nothing kept float, on
+    the first `images` evaluation images: (ranking, FP32 mAP there, seconds)."""
+    from bench.run import RunContext
+    from bench.variants import spec_of
+
+    spec = spec_of(variant)
+    if spec.artifact != "qdq" or spec.calibrator is None:
+        raise ConfigError(f"variant {variant!r}: not a calibrated Q/DQ variant; expected "
+                          "int8-<calibrator> or int8-auto")
+    ctx = RunContext(cfg).build_context()
+    subset = RunContext(replace(cfg, eval_count=min(images, cfg.eval_count or images),
+                                progress=False))
+    _, _, groups, evaluator = _setup(spec, ctx, subset)
     try:
-        return _search(spec, ctx, subset, model, amax, groups, evaluator, out)
+        fp32_map = evaluator.fp32()
+        ranking, seconds = _rank(groups, evaluator, progress=cfg.progress, alone=alone)
+        return ranking, fp32_map, seconds
     finally:
         evaluator.close()
 
@@ -91,18 +137,12 @@ def _search(spec: VariantSpec, ctx: BuildContext, subset: Any, model: Any,
             out: Path) -> dict[str, Any]:
     import onnx
 
-    from bench.diagnose.sensitivity import rank_sensitivity, search_keep_float
-    from bench.progress import bar
+    from bench.diagnose.sensitivity import search_keep_float
 
     cfg = ctx.cfg
     fp32_map = evaluator.fp32()
     target = cfg.floor_qat * fp32_map
-    with bar(total=len(groups) + 1, desc="int8-auto ranking", unit="eval",
-             enabled=cfg.progress) as ticks:
-        start = time.perf_counter()
-        ranking = rank_sensitivity(groups, evaluator, alone=False,
-                                   progress=lambda _label: ticks.update(1))
-        ranking_s = time.perf_counter() - start
+    ranking, ranking_s = _rank(groups, evaluator, progress=cfg.progress)
     start = time.perf_counter()
     found = search_keep_float(ranking, evaluator, target)
     search_s = time.perf_counter() - start

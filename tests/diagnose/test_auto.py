@@ -95,3 +95,25 @@ def test_kept_flops_share_counts_the_kept_convs():
     expected = 100.0 * flops[convs[0].name] / sum(flops.values())
     assert kept_flops_pct(model, [convs[0]], 32) == pytest.approx(expected)
     assert kept_flops_pct(model, convs, 32) == pytest.approx(100.0)
+
+
+def test_bench_sensitivity_prints_the_ranked_groups(tmp_path, mini_detector, tiny_coco,
+                                                    monkeypatch, capsys):
+    from bench.cli import main
+
+    model, classes = mini_detector
+    for key, value in {"MODEL": model, "COCO": tiny_coco, "CLASS_MAP": classes,
+                       "CACHE_DIR": tmp_path / "cache", "CALIB_COUNT": 2,
+                       "PROGRESS": "false"}.items():
+        monkeypatch.setenv(f"BENCH_{key}", str(value))
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml of the project
+    plot = tmp_path / "ranking.png"
+    assert main(["sensitivity", "int8-max", "--images", "2", "--top", "5",
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("int8-max: 26 groups, 27 evaluations on 2 images")
+    ranked = out[2:7]
+    assert [int(line.split()[0]) for line in ranked] == [1, 2, 3, 4, 5]
+    gains = [float(line.split()[1]) for line in ranked]
+    assert gains == sorted(gains, reverse=True)
+    assert plot.stat().st_size > 1000
