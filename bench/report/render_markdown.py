@@ -106,21 +106,21 @@ def gate_section(rows: list[ResultRow]) -> list[str]:
 
 
 def diagnosis_section(rows: list[ResultRow]) -> list[str]:
-    """--diagnose: per INT8 row, int8 % of conv FLOPs, the worst tensors, the groups kept
-    float (int8-auto); nothing when no row has a diagnosis."""
+    """Per INT8 row diagnosed (--diagnose): int8 % of conv FLOPs and the worst tensors; per
+    int8-auto row: the groups it kept float. Nothing when no row has either."""
     lines: list[str] = []
     for row in rows:
-        found = (row.extra or {}).get("diagnosis")
-        if not found:
+        found = (row.extra or {}).get("diagnosis") or {}
+        kept = ((row.extra or {}).get("artifact_meta") or {}).get("kept_float")
+        if not found and kept is None:
             continue
         pct = found.get("int8_pct")
         lines.append(f"- **{md(row.variant)}**: int8 {pct:.1f} % of conv FLOPs, "
                      f"{found.get('float_time_pct', 0.0):.1f} % of the time in float ops"
-                     if pct is not None else f"- **{md(row.variant)}**: no profile")
+                     if pct is not None else f"- **{md(row.variant)}**")
         worst = ", ".join(f"{md(t['tensor'])} {t['sqnr_db']:.1f} dB"
                           for t in found.get("worst_tensors", []))
         lines += [f"  - worst tensors (SQNR): {worst}"] if worst else []
-        kept = (row.extra.get("artifact_meta") or {}).get("kept_float")
         lines += [f"  - kept float: {md(', '.join(kept)) or 'nothing'}"] if kept is not None else []
         lines += [f"  - _{md(found[k])}_" for k in ("profile_error", "layers_error") if k in found]
     if not lines:

@@ -77,6 +77,10 @@ def test_int8_auto_searches_records_its_plan_and_is_cached(tmp_path, mini_detect
     for conv in (FIRST_CONV, *HEAD_CONVS):
         assert (weights[conv] in quantized) == (conv not in kept), conv
 
+    summary = (session.finish(None, complete=True) / "summary.md").read_text()
+    assert "<summary>Diagnosis (INT8 rows)</summary>" in summary  # kept float, diagnosed or not
+    assert "kept float: " in summary
+
     again = _session(tmp_path, model, tiny_coco, class_map=str(classes)).prepare("int8-auto")
     again.close()
     assert again.artifact.cached and again.artifact.path == prepared.artifact.path
