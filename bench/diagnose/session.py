@@ -61,7 +61,7 @@ class Diagnoser:
         from bench.diagnose.layers import layer_errors
         from bench.diagnose.ort_profile import profile_ort
 
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"on": "ONNX Runtime CPU"}  # whatever the row's backend
         try:
             profile = profile_ort(artifact_path, batch, runs=self.profile_runs,
                                   threads=self.threads)
