@@ -122,6 +122,12 @@ def _ptq(spec: VariantSpec, ctx: BuildContext) -> Artifact:
     return ctx.cache.get_or_build("int8", parts, ".onnx", build)
 
 
+def _auto(spec: VariantSpec, ctx: BuildContext) -> Artifact:
+    from bench.diagnose.auto import build_auto
+
+    return build_auto(spec, ctx)
+
+
 def _qat(spec: VariantSpec, ctx: BuildContext) -> Artifact:
     from bench.quant.qat import build_qat_variant
 
@@ -134,6 +140,7 @@ BUILDERS: dict[str, Callable[[VariantSpec, BuildContext], Artifact]] = {
     "fp16": _fp16,
     "ptq": _ptq,
     "qat": _qat,
+    "auto": _auto,  # int8-auto: bench/diagnose/auto.py
 }
 
 

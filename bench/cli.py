@@ -5,6 +5,7 @@
   bench compare A B         two runs side by side, B gated against A
   bench baseline promote R  make run R the stored baseline (refuses partial runs)
   bench build VARIANT       write one variant's ONNX (e.g. the Q/DQ model for TensorRT)
+  bench sensitivity VARIANT rank an INT8 variant's quantization groups by mAP cost
   bench env                 versions of every runtime and sensor library; what this
                             machine can run: engines and power sources
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_commands(sub)
     _add_build(sub)
+    from bench.diagnose.cli import add_sensitivity
+
+    add_sensitivity(sub)  # bench sensitivity VARIANT (bench/diagnose/cli.py)
     env = sub.add_parser("env", help="library versions; engines and power sources, and why "
                                      "any cannot run here")
     env.set_defaults(handler=_env)

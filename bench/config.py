@@ -93,6 +93,7 @@ class BenchConfig:
     progress: bool = True
     num_classes: int | None = None
     class_map: Path | None = None
+    diagnose: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, backend_names())
@@ -223,6 +224,8 @@ HELP = {
                    "metadata tells (end-to-end and [N,7] NMS exports)",
     "class_map": "JSON file mapping the model's class index to a dataset category id, "
                  "e.g. {\"0\": 1, \"1\": 3} or [1, 3] (a model trained on a subset)",
+    "diagnose": "INT8 rows: ORT profile (int8 %) and per-tensor SQNR (layers.csv) in the "
+                "run folder",
 }
 
 

@@ -31,6 +31,7 @@ from bench.variants import REFERENCE, report_order, spec_of
 
 if TYPE_CHECKING:
     from bench.cache import Artifact
+    from bench.diagnose.session import Diagnoser
     from bench.engines.base import Engine
     from bench.eval.accuracy import AccuracyResult
     from bench.report.judge import Judge
@@ -72,6 +73,7 @@ class BenchSession:
         self._judge: Judge | None = None
         self._environment: dict[str, Any] | None = None
         self._fp32_matches: object | None = None  # fp32's per-image matches (bootstrap)
+        self.diagnoser: Diagnoser | None = None  # --diagnose (bench/diagnose/session.py)
 
     def prepare(self, variant: str) -> Prepared:
         """Build the artifact, open its engine and run the accuracy pass."""
@@ -119,6 +121,7 @@ class BenchSession:
             extra = variant_extra(engine.extra_info(), prepared.artifact, prepared.accuracy,
                                   self.run.inputs().imgsz)
             extra.update(self.refs.notes(), **({"run_as": note} if note else {}))
+            extra.update(self._diagnosis(prepared))
             row = ok_row(prepared.variant, self._identity(), prepared.artifact,
                          prepared.accuracy, measurement, self._provenance(),
                          build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra)
@@ -128,6 +131,15 @@ class BenchSession:
             return self.rows[prepared.variant]
         finally:
             prepared.close()
+
+    def _diagnosis(self, prepared: Prepared) -> dict[str, Any]:
+        """--diagnose: an INT8 row's profile and per-tensor error (bench.diagnose.session)."""
+        from bench.diagnose.session import diagnose_row, diagnoser_for
+
+        if not self.cfg.diagnose:
+            return {}
+        self.diagnoser = self.diagnoser or diagnoser_for(self.run)
+        return diagnose_row(self.diagnoser, prepared.variant, prepared.artifact, self.run)
 
     # -- rows -----------------------------------------------------------------------------
     def _identity(self) -> Identity:
@@ -212,7 +224,7 @@ class BenchSession:
         return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
                          results_dir=Path(self.cfg.results_dir),
                          thresholds=judge.gate.describe(), baseline=judge.baseline,
-                         baseline_source=str(self.cfg.baseline))
+                         baseline_source=str(self.cfg.baseline), diagnosis=self.diagnoser)
 
 
 def benchmark_extra_info(row: ResultRow) -> dict[str, Any]:

@@ -62,6 +62,9 @@ _TAIL = (VariantSpec("int8-qat", "qdq", "qat", floor="qat", needs=frozenset({"to
          VariantSpec("trt-minmax", "trt-implicit", "reference", "minmax", floor="int8",
                      needs=frozenset({"tensorrt"}), default=False))
 _EXTRA: dict[str, VariantSpec] = {}
+# int8-auto (bench/diagnose/auto.py): the fewest groups float that meet 0.99 × FP32 (the QAT
+# floor, hence floor "qat"); a search of minutes, so not in the default matrix.
+_EXTRA["int8-auto"] = VariantSpec("int8-auto", "qdq", "auto", "max", floor="qat", default=False)
 
 
 def registry() -> dict[str, VariantSpec]:

@@ -105,6 +105,30 @@ def gate_section(rows: list[ResultRow]) -> list[str]:
     return lines + ["", "</details>"]
 
 
+def diagnosis_section(rows: list[ResultRow]) -> list[str]:
+    """Per INT8 row diagnosed (--diagnose): int8 % of conv FLOPs and the worst tensors; per
+    int8-auto row: the groups it kept float. Nothing when no row has either."""
+    lines: list[str] = []
+    for row in rows:
+        found = (row.extra or {}).get("diagnosis") or {}
+        kept = ((row.extra or {}).get("artifact_meta") or {}).get("kept_float")
+        if not found and kept is None:
+            continue
+        pct = found.get("int8_pct")
+        lines.append(f"- **{md(row.variant)}**: int8 {pct:.1f} % of conv FLOPs, "
+                     f"{found.get('float_time_pct', 0.0):.1f} % of the time in float ops"
+                     if pct is not None else f"- **{md(row.variant)}**")
+        worst = ", ".join(f"{md(t['tensor'])} {t['sqnr_db']:.1f} dB"
+                          for t in found.get("worst_tensors", []))
+        lines += [f"  - worst tensors (SQNR): {worst}"] if worst else []
+        lines += [f"  - kept float: {md(', '.join(kept)) or 'nothing'}"] if kept is not None else []
+        lines += [f"  - _{md(found[k])}_" for k in ("profile_error", "layers_error") if k in found]
+    if not lines:
+        return []
+    return ["<details><summary>Diagnosis (INT8 rows)</summary>", "", *lines, "", "</details>",
+            ""]
+
+
 def environment_section(run: Run) -> list[str]:
     items = [("run", run.name), ("created", run.created), ("complete", str(run.complete))]
     items += flatten_environment(run.environment)
@@ -163,4 +187,5 @@ def render_markdown(run: Run, thresholds: str | None = None, *, baseline: Run | 
     lines += all_figures_section(rows, bases) + [""]
     if any(r.gate.lines for r in rows):
         lines += gate_section(rows) + [""]
+    lines += diagnosis_section(rows)
     return "\n".join(lines + environment_section(run)) + "\n"

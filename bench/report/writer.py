@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.atomic import atomic_symlink, atomic_write_text
 from bench.report.frame import rows_to_frame
@@ -23,6 +23,9 @@ from bench.report.render_plot import write_pareto
 from bench.report.render_rich import render_text
 from bench.report.rows import ResultRow
 from bench.report.runs import REPORT_NAME, Run
+
+if TYPE_CHECKING:
+    from bench.diagnose.session import Diagnoser
 
 
 def utc_now() -> datetime:
@@ -60,13 +63,15 @@ def _baseline_info(baseline: Run | None, source: str | None) -> dict[str, Any] |
 
 def write_files(run_dir: Path, run: Run, benchmark_json: Mapping | None,
                 thresholds: str | None, baseline: Run | None = None,
-                baseline_source: str | None = None) -> None:
+                baseline_source: str | None = None, diagnosis: Diagnoser | None = None) -> None:
     atomic_write_text(run_dir / "report.csv", rows_to_frame(run.rows).to_csv(index=False))
     atomic_write_text(run_dir / "summary.md", render_markdown(
         run, thresholds, baseline=baseline, baseline_source=baseline_source))
     atomic_write_text(run_dir / "summary.txt", render_text(run, baseline=baseline))
     write_pareto(run.rows, run_dir / "pareto.png")
     files = ["report.csv", "summary.md", "summary.txt", "pareto.png"]
+    if diagnosis is not None:  # --diagnose: profiles, layers.csv, layers.png
+        files += diagnosis.write(run_dir)
     if benchmark_json is not None:
         atomic_write_text(run_dir / "benchmark.json", _json_text(benchmark_json))
         files.append("benchmark.json")
@@ -77,20 +82,22 @@ def write_files(run_dir: Path, run: Run, benchmark_json: Mapping | None,
 def write_run(run_dir: Path, environment: Mapping[str, Any], rows: Iterable[ResultRow],
               benchmark_json: Mapping[str, Any] | None = None, complete: bool = True, *,
               results_dir: Path | None = None, thresholds: str | None = None,
-              baseline: Run | None = None, baseline_source: str | None = None) -> Path:
+              baseline: Run | None = None, baseline_source: str | None = None,
+              diagnosis: Diagnoser | None = None) -> Path:
     """Write every file of a run and update `latest`; returns the run dir.
 
     results_dir (where `latest` goes) defaults to the parent of runs/ when run_dir is
     results/runs/<id>; otherwise no link is made. thresholds (GateConfig.describe()) is
     printed in summary.md; baseline (the run gated against) fills the summaries' "base"
-    columns and baseline_source says where it came from (or why there is none).
+    columns and baseline_source says where it came from (or why there is none);
+    diagnosis (--diagnose) writes its tables and plot into the run folder.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(environment=dict(environment), rows=tuple(rows), complete=bool(complete),
               created=utc_now().isoformat(timespec="seconds"), run_id=run_dir.name,
               baseline=_baseline_info(baseline, baseline_source))
-    write_files(run_dir, run, benchmark_json, thresholds, baseline, baseline_source)
+    write_files(run_dir, run, benchmark_json, thresholds, baseline, baseline_source, diagnosis)
     link_home = results_dir if results_dir is not None else _results_dir_of(run_dir)
     if link_home is not None:
         update_latest(link_home, run_dir)
