@@ -172,6 +172,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency\nbase", _vs_baseline_latency, str, priority=2),
     Column("W", _field("power_w"), lambda v: f"{v:.2f}", priority=3),
     Column("mJ/inf", _field("energy_mj_per_inference"), lambda v: f"{v:.1f}", priority=3),
+    Column("int8\n%", lambda r, b: (r.extra or {}).get("diagnosis", {}).get("int8_pct"),
+           lambda v: f"{v:.0f}", priority=4),
     Column("size\nMB", lambda r, b: r.artifact_bytes / 1e6 if r.artifact_bytes else None,
            lambda v: f"{v:.2f}", priority=4),
     Column("gate", lambda r, b: verdict(r), str, numeric=False),
