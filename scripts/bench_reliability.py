@@ -7,7 +7,8 @@ On a short matrix of the embedded default this script
      results folder's baseline.json;
   2. starts the suite N times (--kills, default 20) and sends it SIGKILL at a seeded,
      stratified random moment of its run (every so often on an empty cache, spread over
-     the cold run's duration; otherwise warm), then runs the suite again on the same
+     the cold run's duration; otherwise warm, over the last warm run's duration, since a
+     shared machine's speed drifts), then runs the suite again on the same
      folders and checks:
        (a) every earlier run folder and the baseline file are byte-identical to before;
        (b) the killed run cannot be promoted (`bench baseline promote` exits non-zero, or
@@ -15,8 +16,9 @@ On a short matrix of the embedded default this script
            written its complete report is counted apart, and must be promotable;
        (c) the next run is complete and its mAPs equal the clean run's;
        (d) no temporary remains under the results and cache folders (.bench-* names,
-           tmp* build folders, partial datasets), in the private TMPDIR of the runs, or
-           as a new /tmp/bench-benchmark-*.json;
+           tmp* build folders, partial datasets) nor in the runs' private TMPDIR (beyond
+           what a clean run leaves there: ONNX Runtime's .ses); new
+           /tmp/bench-benchmark-*.json files are listed, not counted (other processes);
   3. sends one run SIGTERM while its second variant runs: it must leave a run folder whose
      report.json says complete: false, and that folder must not be promotable;
   4. runs two suites at once into one results folder and one (empty) cache folder: both
@@ -72,6 +74,7 @@ class Tally:
     map_diffs: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     cold: int = 0
+    ended_first: int = 0
 
 
 class Bench:
@@ -200,8 +203,13 @@ def leftovers(bench: Bench, caches: list[Path]) -> list[str]:
             if entry.is_dir() and not (entry / "annotations").is_dir():
                 found.append(f"{entry} (dataset folder without annotations)")
     found += [str(p) for p in bench.tmpdir.iterdir() if p.name not in bench.tmp_clean]
-    found += sorted(set(glob.glob("/tmp/bench-benchmark-*.json")) - bench.tmp_bench_json)
     return sorted(set(found))
+
+
+def new_in_tmp(bench: Bench) -> list[str]:
+    """/tmp/bench-benchmark-*.json that appeared during the session. The runs' TMPDIR is
+    private (checked above), so these come from other processes on a shared machine."""
+    return sorted(set(glob.glob("/tmp/bench-benchmark-*.json")) - bench.tmp_bench_json)
 
 
 def check_complete(run: RunResult, clean: dict[str, float | None], what: str) -> list[str]:
@@ -217,9 +225,10 @@ def check_complete(run: RunResult, clean: dict[str, float | None], what: str) ->
     return []
 
 
-def kill_moments(n: int, duration: float, rng: random.Random) -> list[float]:
-    """n moments in (0, duration), one uniformly inside each of n equal strata, shuffled."""
-    moments = [(i + rng.random()) * duration / n for i in range(n)]
+def kill_moments(n: int, rng: random.Random) -> list[float]:
+    """n fractions of a run's duration, one uniformly inside each of n equal strata,
+    shuffled."""
+    moments = [(i + rng.random()) / n for i in range(n)]
     rng.shuffle(moments)
     return moments
 
@@ -229,16 +238,34 @@ def last_line(log: Path) -> str:
     return lines[-1][:70] if lines else "(no output yet)"
 
 
-def one_kill(bench: Bench, index: int, cache: Path, at: float, clean: dict,
-             tally: Tally, cold: bool) -> None:
+def kill_run(bench: Bench, cache: Path, frac: float, duration: float, clean: dict,
+             tally: Tally, cold: bool) -> tuple[RunResult, float, list[str]]:
+    """SIGKILL a run at frac of its expected duration. A run that ends first (the shared
+    machine sped up) was a clean run: it is checked, and the kill tried again at frac of
+    that run's duration (on an emptied cache again when cold), at most three times."""
+    problems: list[str] = []
+    for _ in range(3):
+        at = frac * duration
+        killed = bench.run(cache, kill_at=at)
+        if killed.killed_at_s is not None:
+            return killed, at, problems
+        tally.ended_first += 1
+        problems += check_complete(killed, clean, f"a run that ended before its kill at {at:.1f} s")
+        duration = killed.wall_s
+        if cold:
+            shutil.rmtree(cache, ignore_errors=True)
+    problems.append(f"three runs ended before their kill at {frac:.2f} of their duration")
+    return killed, at, problems
+
+
+def one_kill(bench: Bench, index: int, cache: Path, frac: float, duration: float,
+             clean: dict, tally: Tally, cold: bool) -> float:
+    """One kill and its checks; returns the next run's duration."""
     earlier = tree_hashes([*sorted(bench.run_dirs()), bench.baseline])
-    killed = bench.run(cache, kill_at=at)
+    killed, at, problems = kill_run(bench, cache, frac, duration, clean, tally, cold)
     tally.kills += 1
     tally.cold += cold
-    problems: list[str] = []
     status = ""
-    if killed.killed_at_s is None:
-        problems.append(f"the run ended (rc {killed.rc}) before its kill at {at:.1f} s")
     for run_dir in killed.run_dirs:
         report = report_of(run_dir)
         if report is None:
@@ -280,6 +307,7 @@ def one_kill(bench: Bench, index: int, cache: Path, at: float, clean: dict,
     print(f"kill {index:2d} ({where}) SIGKILL at {at:5.1f} s, last output "
           f"{last_line(killed.log)!r}: {status}; next run {nxt.wall_s:.0f} s: "
           + ("ok" if not problems else "; ".join(problems)), flush=True)
+    return nxt.wall_s
 
 
 def sigterm_check(bench: Bench, cache: Path, clean: dict) -> list[str]:
@@ -405,17 +433,20 @@ def main() -> int:
           f"mAPs {clean}; baseline promoted from {first.run_dirs[0].name}", flush=True)
     cold_n = min(args.cold_kills, args.kills)
     rng = random.Random(args.seed)
-    cold_at = kill_moments(cold_n, first.wall_s, rng)
-    warm_at = kill_moments(args.kills - cold_n, second.wall_s, rng)
+    cold_at = kill_moments(cold_n, rng)
+    warm_at = kill_moments(args.kills - cold_n, rng)
+    warm_s = second.wall_s  # follows the machine: the last warm run's duration
     cold_slots = set(round(i * args.kills / cold_n) for i in range(cold_n)) if cold_n else set()
     tally = Tally()
     for index in range(args.kills):
         if index in cold_slots:
             cache = work / f"cache-cold-{index}"
-            one_kill(bench, index + 1, cache, cold_at.pop(), clean, tally, cold=True)
+            one_kill(bench, index + 1, cache, cold_at.pop(), first.wall_s, clean, tally,
+                     cold=True)
             shutil.rmtree(cache, ignore_errors=True)  # 230 MB of dataset each
         else:
-            one_kill(bench, index + 1, warm, warm_at.pop(), clean, tally, cold=False)
+            warm_s = one_kill(bench, index + 1, warm, warm_at.pop(), warm_s, clean, tally,
+                              cold=False)
     if not args.skip_sigterm:
         problems += sigterm_check(bench, warm, clean)
     if not args.skip_concurrent:
@@ -426,13 +457,16 @@ def main() -> int:
           + ("nothing lost, nothing promotable, mAPs equal, no temporaries"
              if tally.survived == tally.kills else "SEE ABOVE"))
     print(f"  killed runs: {tally.no_report} left no report.json, {tally.refused} refused by "
-          f"promote, {tally.finished_before_kill} had finished writing before the kill")
+          f"promote, {tally.finished_before_kill} had finished writing before the kill; "
+          f"{tally.ended_first} runs ended before their kill moment and were tried again")
     print(f"  lost {len(tally.lost)}, promotable {len(tally.promotable)}, mAP differences "
           f"{len(tally.map_diffs)}, leftovers {len(tally.leftovers)}")
     for line in tally.lost + tally.promotable + tally.map_diffs + tally.leftovers + problems:
         print(f"  - {line}")
     print(f"other checks: {'all passed' if not problems else f'{len(problems)} problems'}; "
           f"{bench.runs} suite runs in {total / 60:.1f} min; machine now: {machine_state()}")
+    print(f"new /tmp/bench-benchmark-*.json during the session (not from these runs, whose "
+          f"TMPDIR is private): {new_in_tmp(bench) or 'none'}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if tally.survived == tally.kills and not problems else 1
