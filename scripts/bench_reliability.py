@@ -91,6 +91,7 @@ class Bench:
                         PYTHONUNBUFFERED="1", COLUMNS="120")
         self.runs = 0
         self.tmp_bench_json = set(glob.glob("/tmp/bench-benchmark-*.json"))
+        self.seen_leftovers: set[str] = set()  # each leftover is counted at the kill it shows
         self.tmp_clean: set[str] = set()  # what a clean run leaves in TMPDIR (ORT's .ses)
 
     def command(self, cache: Path, verbose: bool = False) -> list[str]:
@@ -115,15 +116,19 @@ class Bench:
         runs = self.results / "runs"
         return {p for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
 
-    def run(self, cache: Path, kill_at: float | None = None) -> RunResult:
-        """Run the suite to its end, or SIGKILL its process group kill_at s after start."""
+    def run(self, cache: Path, kill_at: float | None = None,
+            after: re.Pattern | None = None) -> RunResult:
+        """Run the suite to its end, or SIGKILL its process group kill_at s after its start
+        (or after `after` first shows in its output)."""
         before = self.run_dirs()
-        proc, log, t0 = self.start(cache)
+        proc, log, t0 = self.start(cache, verbose=after is not None)
         killed = None
         try:
             if kill_at is None:
                 proc.wait(timeout=self.args.timeout)
             else:
+                if after is not None:
+                    wait_for_output(proc, log, after, self.args.timeout)
                 try:
                     proc.wait(timeout=kill_at)
                 except subprocess.TimeoutExpired:
@@ -146,6 +151,24 @@ class Bench:
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300)
         target.unlink(missing_ok=True)
         return done.returncode, (done.stderr or done.stdout).strip().splitlines()[-1:]
+
+
+def wait_for_output(proc: subprocess.Popen, log: Path, pattern: re.Pattern,
+                    timeout: float) -> None:
+    """Return once pattern shows in the run's log, or the run ended, or timeout passed."""
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        if pattern.search(log.read_text(errors="replace")):
+            return
+        time.sleep(0.02)
+
+
+def last_test_done(variants: str) -> re.Pattern:
+    """The -v line of the last variant's test ending: the run writes its folder next."""
+    from bench.config import ALL_VARIANTS
+
+    last = sorted(variants.split(","), key=ALL_VARIANTS.index)[-1]
+    return re.compile(rf"test_variant\[{re.escape(last)}\] (PASSED|FAILED|ERROR)")
 
 
 def tree_hashes(paths: list[Path]) -> dict[str, str]:
@@ -239,19 +262,20 @@ def last_line(log: Path) -> str:
 
 
 def kill_run(bench: Bench, cache: Path, frac: float, duration: float, clean: dict,
-             tally: Tally, cold: bool) -> tuple[RunResult, float, list[str]]:
+             tally: Tally, cold: bool, after: re.Pattern | None = None
+             ) -> tuple[RunResult, float, list[str]]:
     """SIGKILL a run at frac of its expected duration. A run that ends first (the shared
     machine sped up) was a clean run: it is checked, and the kill tried again at frac of
     that run's duration (on an emptied cache again when cold), at most three times."""
     problems: list[str] = []
     for _ in range(3):
         at = frac * duration
-        killed = bench.run(cache, kill_at=at)
+        killed = bench.run(cache, kill_at=at, after=after)
         if killed.killed_at_s is not None:
             return killed, at, problems
         tally.ended_first += 1
         problems += check_complete(killed, clean, f"a run that ended before its kill at {at:.1f} s")
-        duration = killed.wall_s
+        duration = killed.wall_s if after is None else duration / 2
         if cold:
             shutil.rmtree(cache, ignore_errors=True)
     problems.append(f"three runs ended before their kill at {frac:.2f} of their duration")
@@ -259,10 +283,10 @@ def kill_run(bench: Bench, cache: Path, frac: float, duration: float, clean: dic
 
 
 def one_kill(bench: Bench, index: int, cache: Path, frac: float, duration: float,
-             clean: dict, tally: Tally, cold: bool) -> float:
+             clean: dict, tally: Tally, cold: bool, after: re.Pattern | None = None) -> float:
     """One kill and its checks; returns the next run's duration."""
     earlier = tree_hashes([*sorted(bench.run_dirs()), bench.baseline])
-    killed, at, problems = kill_run(bench, cache, frac, duration, clean, tally, cold)
+    killed, at, problems = kill_run(bench, cache, frac, duration, clean, tally, cold, after)
     tally.kills += 1
     tally.cold += cold
     status = ""
@@ -298,13 +322,18 @@ def one_kill(bench: Bench, index: int, cache: Path, frac: float, duration: float
     if nxt.run_dirs and (report := report_of(nxt.run_dirs[0])) and maps_of(report) != clean:
         tally.map_diffs.append(f"kill {index}: {maps_of(report)}")
     left = leftovers(bench, [cache])
-    if left:
-        tally.leftovers += [f"kill {index}: {x}" for x in left]
-        problems += [f"leftover {x}" for x in left]
+    fresh = [x for x in left if x not in bench.seen_leftovers]
+    bench.seen_leftovers.update(left)
+    if fresh:
+        tally.leftovers += [f"kill {index}: {x}" for x in fresh]
+        problems += [f"leftover {x}" for x in fresh]
+    if len(left) > len(fresh):
+        problems.append(f"({len(left) - len(fresh)} leftovers of earlier kills still there)")
     if not problems:
         tally.survived += 1
-    where = "cold" if cold else "warm"
-    print(f"kill {index:2d} ({where}) SIGKILL at {at:5.1f} s, last output "
+    where = "cold" if cold else "warm" if after is None else "writing"
+    when = f"{at:5.1f} s" if after is None else f"{at:.2f} s after the last test"
+    print(f"kill {index:2d} ({where}) SIGKILL at {when}, last output "
           f"{last_line(killed.log)!r}: {status}; next run {nxt.wall_s:.0f} s: "
           + ("ok" if not problems else "; ".join(problems)), flush=True)
     return nxt.wall_s
@@ -393,6 +422,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs (default 20)")
     p.add_argument("--cold-kills", type=int, default=3,
                    help="how many of them start on an empty cache (default 3)")
+    p.add_argument("--write-kills", type=int, default=0,
+                   help="extra SIGKILLs aimed at the run's writing of its folder: within "
+                        "--write-window s after the last test's result line (default 0)")
+    p.add_argument("--write-window", type=float, default=1.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default="fp32,int8-max")
     p.add_argument("--eval-count", type=int, default=20)
@@ -447,10 +480,17 @@ def main() -> int:
         else:
             warm_s = one_kill(bench, index + 1, warm, warm_at.pop(), warm_s, clean, tally,
                               cold=False)
+    write_at = kill_moments(args.write_kills, rng)
+    for index in range(args.write_kills):
+        one_kill(bench, args.kills + index + 1, warm, write_at.pop(), args.write_window, clean,
+                 tally, cold=False, after=last_test_done(args.variants))
     if not args.skip_sigterm:
         problems += sigterm_check(bench, warm, clean)
     if not args.skip_concurrent:
         problems += concurrent_check(bench, work / "cache-concurrent", clean)
+    remaining = leftovers(bench, [warm])
+    if remaining:
+        problems.append(f"{len(remaining)} leftovers at the end: {remaining}")
     total = time.monotonic() - t_start
     print()
     print(f"{tally.survived} of {tally.kills} kills survived ({tally.cold} on an empty cache): "
