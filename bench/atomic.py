@@ -207,6 +207,22 @@ def sweep_stale(folder: Path, max_age_s: float = DEFAULT_STALE_S,
     return removed
 
 
+def writer_alive(entry: Path) -> bool:
+    """Whether the process that named the temporary `entry` (temp_name: ...<pid>.<hex>)
+    may still be writing it: its pid runs on this machine, or the name carries no pid.
+    A folder shared with other machines should rely on age alone (sweep_stale)."""
+    parts = Path(entry).name.rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM): alive
+        return True
+    return True
+
+
 def _remove_quietly(path: str | Path) -> None:
     try:
         os.unlink(path)

@@ -178,13 +178,27 @@ class RunContext:
         cfg = self.cfg
         _check_writable(Path(cfg.results_dir), "results_dir")
         _check_writable(Path(cfg.cache_dir), "cache_dir")
-        from bench.atomic import sweep_stale
-
         if Path(cfg.results_dir).is_dir():
-            sweep_stale(Path(cfg.results_dir))  # temporaries of runs killed while writing
+            sweep_results(Path(cfg.results_dir))
         from bench.report.baseline import load_baseline
 
         load_baseline(Path(cfg.baseline))  # a corrupt or other-schema file raises here
+
+
+def sweep_results(results: Path) -> list[Path]:
+    """Remove temporaries of runs killed while writing, in results/ (the `latest` link)
+    and in each runs/<id>/ (its files): those older than an hour, and those whose writer
+    process no longer runs on this machine. Returns what was removed."""
+    from bench.atomic import sweep_stale, writer_alive
+
+    runs = results / "runs"
+    folders = [results, *(sorted(p for p in runs.iterdir() if p.is_dir())
+                          if runs.is_dir() else ())]
+    removed: list[Path] = []
+    for folder in folders:
+        removed += sweep_stale(folder)
+        removed += sweep_stale(folder, 0.0, keep=writer_alive)
+    return removed
 
 
 def _digest(parts: object) -> str:

@@ -90,7 +90,7 @@ def _loop_times(module, model, plan, amax, images, steps: int) -> tuple[float, f
     return result.seconds / result.steps, total - result.seconds
 
 
-def _breakdown_old(old, model, plan, amax, images, steps: int) -> dict[str, float]:
+def _old_stepper(old, model, plan, amax, images):
     from bench.models.onnx_torch import OnnxModule
 
     student, teacher = OnnxModule(model), OnnxModule(model)
@@ -101,9 +101,8 @@ def _breakdown_old(old, model, plan, amax, images, steps: int) -> dict[str, floa
     params = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     opt = torch.optim.Adam(params, lr=1e-5)
     batch = torch.from_numpy(images[:BATCH]).float().div_(255)
-    times: dict[str, list[float]] = {}
-    for _ in range(steps):
-        t = _Timer(times)
+
+    def step(t: _Timer) -> None:
         with torch.no_grad():
             t_mid = teacher.forward_collect(batch, watched)[1]
         t("teacher forward")
@@ -116,10 +115,10 @@ def _breakdown_old(old, model, plan, amax, images, steps: int) -> dict[str, floa
         t("backward")
         opt.step()
         t("optimizer")
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return step
 
 
-def _breakdown_new(model, plan, amax, images, steps: int) -> dict[str, float]:
+def _new_stepper(model, plan, amax, images):
     from bench.models.onnx_torch import OnnxModule
 
     student = OnnxModule(model).to_channels_last()
@@ -130,9 +129,8 @@ def _breakdown_new(model, plan, amax, images, steps: int) -> dict[str, float]:
     params = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     opt = torch.optim.Adam(params, lr=1e-5)
     index = np.arange(BATCH)
-    times: dict[str, list[float]] = {}
-    for _ in range(steps):
-        t = _Timer(times)
+
+    def step(t: _Timer) -> None:
         targets = teacher.of(index)
         t("teacher targets (cached)")
         batch = new_qat._as_float(images[index])
@@ -145,7 +143,19 @@ def _breakdown_new(model, plan, amax, images, steps: int) -> dict[str, float]:
         t("backward")
         opt.step()
         t("optimizer")
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return step
+
+
+def _breakdowns(old, model, plan, amax, images, steps: int) -> dict[str, dict[str, float]]:
+    """Old and new steps alternated one by one (medians), so load swings hit both alike."""
+    steppers = {"old": _old_stepper(old, model, plan, amax, images),
+                "new": _new_stepper(model, plan, amax, images)}
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in steppers}
+    for _ in range(steps):
+        for key, step in steppers.items():
+            step(_Timer(times[key]))
+    return {k: {part: float(np.median(v)) for part, v in got.items()}
+            for k, got in times.items()}
 
 
 class _Timer:
@@ -208,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         if "loops" not in skip:
             _report_loops(old, model, plan, amax, images, args)
         if "breakdown" not in skip:
-            for label, got in (("old", _breakdown_old(old, model, plan, amax, images,
-                                                      args.steps)),
-                               ("new", _breakdown_new(model, plan, amax, images, args.steps))):
+            both = _breakdowns(old, model, plan, amax, images, args.steps)
+            for label, got in both.items():
                 total = sum(got.values())
                 parts = ", ".join(f"{k} {v:.3f} s ({100 * v / total:.0f} %)"
                                   for k, v in got.items())
                 print(f"breakdown {label}: step {total:.3f} s = {parts}")
+            steps = {k: sum(v.values()) for k, v in both.items()}
+            print(f"step ratio old/new (alternated): {steps['old'] / steps['new']:.2f}")
         if "native" not in skip:
             interp, nat, gap = _native_vs_interpreter(path, native, images, args.steps + 1)
             print(f"training step without fake-quant: interpreter {interp:.3f} s, native "

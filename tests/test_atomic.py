@@ -133,3 +133,40 @@ def test_sweep_removes_only_old_entries_with_our_prefix(tmp_path):
 
 def test_sweep_of_a_missing_folder_is_a_no_op(tmp_path):
     assert sweep_stale(tmp_path / "absent") == []
+
+
+KILLED_WHILE_WRITING = """
+import sys, time
+from pathlib import Path
+from bench.atomic import atomic_write
+
+def write(handle):
+    handle.write(b"half a png")
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(120)
+
+atomic_write(Path(sys.argv[1]) / "pareto.png", write)
+"""
+
+
+def test_a_run_killed_while_writing_its_folder_leaves_nothing_after_the_next_start(tmp_path):
+    from bench.run import sweep_results
+
+    run_dir = tmp_path / "runs" / "20261201T000000Z-abcdef"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.md").write_text("written before the kill")
+    live = run_dir / f"{TMP_PREFIX}report.json.{os.getpid()}.0a0b0c0d"  # a writer that runs
+    live.write_text("being written")
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_WRITING, str(run_dir)],
+                             stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()  # SIGKILL: no handler, no finally
+    child.wait()
+    child.stdout.close()
+    left = [p.name for p in run_dir.iterdir() if p.name.startswith(f"{TMP_PREFIX}pareto.png.")]
+    assert len(left) == 1 and left[0].split(".")[-2] == str(child.pid)
+    removed = sweep_results(tmp_path)
+    assert [p.name for p in removed] == left
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([live.name, "summary.md"])
