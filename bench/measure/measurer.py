@@ -35,7 +35,7 @@ Timer = Callable[[Callable[[], object], int, Callable[[], object]], None]
 
 SETTLE_PAUSE_S = 0.05  # measured: a spinning ORT pool stops within about 50 ms
 SETTLE_CALLS = 4
-MAX_SPAN_CALLS = 20  # a probe block runs at most this many times its usual calls
+MAX_SPAN_CALLS = 3  # a probe block runs at most this many times its usual calls
 E2E_ROUNDS = 20
 
 

