@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from bench.errors import InputDataError, ModelError
+from bench.onnx_file import load_model
 from bench.quant.placement import GraphIndex, node_label
 from bench.quant.qdq import quantized_tensor_set
 
@@ -48,10 +49,7 @@ class LayerError:
 
 
 def _load(path: str | Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:
-        raise ModelError(f"model {path}: not a readable ONNX file ({exc})") from None
+    return load_model(Path(path))
 
 
 def _read_point(tensor: str, index: GraphIndex) -> str:

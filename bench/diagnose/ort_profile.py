@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from bench.errors import ModelError
+from bench.onnx_file import load_model
 
 INT8_OPS = frozenset({
     "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
@@ -249,7 +250,7 @@ def profile_ort(model_path: str | Path, batch: np.ndarray, *, runs: int = 10,
     import onnxruntime as ort
 
     model_path = Path(model_path)
-    model = onnx.load(str(model_path))
+    model = load_model(model_path)
     folder = Path(tempfile.mkdtemp(prefix="bench-ort-profile-"))
     try:
         opts = ort.SessionOptions()

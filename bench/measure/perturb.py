@@ -28,12 +28,9 @@ _SEED = 7
 
 
 def _load(src: str | Path):
-    import onnx
+    from bench.onnx_file import load_model
 
-    try:
-        return onnx.load(str(src))
-    except Exception as exc:
-        raise ModelError(f"model {src}: not a readable ONNX file ({exc})") from None
+    return load_model(Path(src))
 
 
 def _save(model, dst: str | Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from bench.atomic import atomic_write_bytes, atomic_write_text
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import letterbox
 from bench.models.evaluate import PROTOCOL, evaluate
@@ -74,16 +74,13 @@ def _training_record(result: TrainResult, config: TrainConfig) -> dict:
 
 
 def _export_atomic(model: torch.nn.Module, path: Path, imgsz: int, split: CocoDataset) -> None:
+    """Export to bytes, then write them through bench.atomic (the umask's permissions)."""
     names = json.dumps(dict(enumerate(split.names)))
     ids = json.dumps(list(split.class_to_category))
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        export_onnx(model, tmp, imgsz, OPSET, metadata={"names": names, "category_ids": ids})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the default ships inside the package
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bench-tmp-", dir=path.parent) as folder:
+        scratch = Path(folder) / path.name
+        export_onnx(model, scratch, imgsz, OPSET, metadata={"names": names, "category_ids": ids})
+        atomic_write_bytes(path, scratch.read_bytes())
 
 
 def onnx_vs_torch(path: Path, model: torch.nn.Module, val: CocoDataset, imgsz: int,
@@ -101,12 +98,4 @@ def onnx_vs_torch(path: Path, model: torch.nn.Module, val: CocoDataset, imgsz: i
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from bench.errors import InputDataError, ModelError
+from bench.onnx_file import load_model
 from bench.progress import bar as progress_bar
 from bench.quant.histogram import AbsHistogram
 
@@ -107,12 +108,7 @@ def _probing_session(path: Path, names: list[str]) -> tuple[object, onnx.ValueIn
 
 
 def _load(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path))
-    except FileNotFoundError as err:
-        raise ModelError(f"model {path}: file not found, expected an ONNX file") from err
-    except Exception as err:  # onnx raises DecodeError and others for a corrupt file
-        raise ModelError(f"model {path}: cannot be read as ONNX ({err})") from err
+    return load_model(Path(path))
 
 
 def _single_input(model: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
