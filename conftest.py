@@ -95,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     face = SuiteFace.start(config, _benchmark_defaults, REFUSED_BENCHMARK_OPTIONS)
     config.stash[_FACE_KEY] = face
     config.pluginmanager.register(face, "bench-suite-face")
+    config.pluginmanager.register(FinishGuard(face), "bench-finish-guard")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -214,6 +215,23 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+class FinishGuard:
+    """The outermost sessionfinish: when a plugin's sessionfinish raises before the face's
+    ran (pytest-benchmark's does for a benchmark interrupted before its first round, on
+    Ctrl-C or SIGTERM), the variants done so far are still written, as a partial run."""
+
+    def __init__(self, face: SuiteFace):
+        self.face = face
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        try:
+            return (yield)
+        except BaseException:
+            self.face.write_partial()
+            raise
+
+
 class SuiteFace:
     """The suite run's state and hooks: registered as a plugin only when suites/ runs."""
 
@@ -225,6 +243,7 @@ class SuiteFace:
         self.json_path = json_path  # where pytest-benchmark writes, when it is ours
         self.benchmark_json: dict | None = None
         self.written: Path | None = None
+        self.finishing = False  # the face's sessionfinish started
         self._bar_stream: Any = None
 
     @classmethod
@@ -313,6 +332,7 @@ class SuiteFace:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.finishing = True
         rows = self.session.rows
         if not rows:
             return
@@ -320,6 +340,14 @@ class SuiteFace:
         self.written = self.session.finish(self.benchmark_json, complete, run_dir=self.run_dir)
         if self.session.nothing_measured() and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a green run measured something
+
+    def write_partial(self) -> None:
+        """Write the run as partial (complete: false) unless sessionfinish already ran."""
+        if self.finishing or not self.session.rows:
+            return
+        self.finishing = True
+        self.written = self.session.finish(self.benchmark_json, False, run_dir=self.run_dir)
+        sys.stderr.write(f"bench: partial run written to {self.written} (complete: false)\n")
 
     @pytest.hookimpl(trylast=True)  # after pytest-benchmark's table: the verdict comes last
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,

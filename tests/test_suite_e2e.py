@@ -76,3 +76,32 @@ def test_bad_option_is_a_one_line_usage_error(tmp_path, tiny_detector, tiny_coco
     done = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32,int4")
     assert done.returncode == 4
     assert "option variants: got 'int4'; expected one of" in done.stderr
+
+
+FAILING_FINISH = '''
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionfinish(session):
+    # what pytest-benchmark's finish raises for a benchmark interrupted before its first round
+    raise ValueError("min() arg is an empty sequence")
+    yield
+'''
+
+
+def test_a_plugin_failing_at_session_finish_still_leaves_a_partial_run(tmp_path, tiny_detector,
+                                                                       tiny_coco):
+    (tmp_path / "failing_finish.py").write_text(FAILING_FINISH)
+    done = _suite(tmp_path, tiny_detector, tiny_coco, "--variants", "fp32",
+                  "-p", "failing_finish")
+    assert done.returncode != 0 and "min() arg is an empty sequence" in done.stdout + done.stderr
+    runs = list((tmp_path / "results" / "runs").iterdir())
+    assert len(runs) == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((runs[0] / "report.json").read_text())
+    assert report["complete"] is False and [r["variant"] for r in report["rows"]] == ["fp32"]
+    assert f"bench: partial run written to {runs[0]} (complete: false)" in done.stderr
+    promote = subprocess.run([sys.executable, "-m", "bench.cli", "baseline", "promote",
+                              str(runs[0]), "--to", str(tmp_path / "b.json")], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ,
+                                                                  "PYTHONPATH": str(ROOT)})
+    assert promote.returncode != 0 and not (tmp_path / "b.json").exists()
