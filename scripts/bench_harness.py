@@ -65,10 +65,10 @@ def suite(args: list[str], cache: Path, results: Path) -> tuple[float, float, di
 
 def staged_batch(model_args: list[str]) -> tuple[Path, np.ndarray]:
     from bench.config import load_config
-    from bench.session import BenchSession
+    from bench.run import RunContext
 
-    session = BenchSession(load_config(_options(model_args)))
-    return session.inputs().model_path, session.staged_batch()
+    run = RunContext(load_config(_options(model_args)))
+    return run.inputs().model_path, run.staged_batch()
 
 
 def _options(model_args: list[str]) -> dict:
@@ -102,9 +102,9 @@ def overhead_check(cache: Path, work: Path, default_ms: float, rounds: int = 3) 
     from bench_accuracy_overhead import demo_model  # this script's neighbour
 
     from bench.config import load_config
-    from bench.session import BenchSession
+    from bench.run import RunContext
 
-    coco = BenchSession(load_config({})).inputs().dataset.annotation_path.parent.parent
+    coco = RunContext(load_config({})).inputs().dataset.annotation_path.parent.parent
     model = demo_model(work / "trivial.onnx", num_classes=8, imgsz=64)
     batch = np.random.default_rng(0).uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
     extra = []
@@ -150,11 +150,11 @@ def accuracy_check(model_args: list[str], rounds: int = 3) -> None:
     from bench.config import load_config
     from bench.engines.ort import OrtEngine
     from bench.eval.accuracy import LetterboxCache, run_accuracy
-    from bench.session import BenchSession
+    from bench.run import RunContext
 
     cfg = load_config({**_options(model_args), "progress": False})
-    inputs = BenchSession(cfg).inputs()
-    batch = BenchSession(cfg).staged_batch()
+    inputs = RunContext(cfg).inputs()
+    batch = RunContext(cfg).staged_batch()
     with OrtEngine(inputs.model_path) as engine:
         streams = engine.infer_streams(cfg.eval_streams)
 

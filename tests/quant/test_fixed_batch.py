@@ -51,7 +51,7 @@ def test_every_variant_runs_on_a_fixed_batch_1_export(tmp_path, default_b1, tiny
                        "results_dir": str(tmp_path / "results"),
                        "baseline": str(tmp_path / "baseline.json")}, env={}, pyproject=None)
     session = BenchSession(cfg)
-    assert session.inputs().fixed_batch == 1
+    assert session.run.inputs().fixed_batch == 1
     rows = {}
     for variant in all_variants():
         prepared = session.prepare(variant)
