@@ -278,13 +278,15 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
     """Notes about the run as a whole: how the speedups were taken."""
     notes = []
     if any((r.extra or {}).get(PAIRED_KEY) for r in rows):
-        notes.append("speedup: against fp32 timed again just before and after each variant "
-                     "(a shared machine's speed drifts between variants)")
-    unpaired = [r for r in rows if (r.extra or {}).get("fp32_paired_error")]
+        notes.append("speedup: median of fp32 block / variant block, timed interleaved "
+                     "(fp32, variant, fp32, ...) so the machine's drift cancels; "
+                     "± is the 95 % CI (latency: of the median)")
+    unpaired = [r for r in rows if (r.extra or {}).get("fp32_unavailable")
+                or (r.extra or {}).get("fp32_paired_error")]
     if unpaired:
         names = ", ".join(r.variant for r in unpaired)
-        notes.append(f"speedup of {names}: against the fp32 row, not paired "
-                     f"({unpaired[0].extra['fp32_paired_error']})")
+        why = unpaired[0].extra.get("fp32_unavailable") or unpaired[0].extra["fp32_paired_error"]
+        notes.append(f"speedup of {names}: against the fp32 row, not paired ({why})")
     return notes
 
 
