@@ -7,10 +7,10 @@ BACKENDS, or a register_backend() call from outside the package. Entries are
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from bench.errors import ConfigError
+from bench.lazy import resolve
 
 if TYPE_CHECKING:
     from bench.engines.base import Engine
@@ -37,7 +37,4 @@ def engine_class(backend: str) -> type[Engine]:
     if entry is None:
         raise ConfigError(f"backend {backend!r}: unknown; expected one of "
                           f"{', '.join(BACKENDS)}")
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+    return resolve(entry)

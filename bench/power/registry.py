@@ -8,10 +8,10 @@ listing the sources imports none of them (jtop, NVML are imported lazily anyway)
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from bench.errors import ConfigError
+from bench.lazy import resolve
 
 if TYPE_CHECKING:
     from bench.power.base import Sampler
@@ -46,7 +46,4 @@ def sampler_class(name: str) -> type[Sampler]:
     if entry is None:
         raise ConfigError(f"power source {name!r} is unknown; expected one of "
                           f"{', '.join(source_names())}")
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+    return resolve(entry)
