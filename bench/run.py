@@ -49,6 +49,7 @@ class RunContext:
         self._build: BuildContext | None = None
         self._letterboxed: LetterboxCache | None = None
         self._staged: np.ndarray | None = None
+        self._fingerprints: dict[str, Fingerprint] = {}  # computed once: they hash files
 
     def inputs(self) -> RunInputs:
         from bench.inputs import resolve_inputs
@@ -141,6 +142,11 @@ class RunContext:
     def evaluation_fingerprint(self) -> Fingerprint:
         """Images, annotations, input size, letterbox and thresholds of the accuracy pass:
         two mAPs are compared only when these are equal."""
+        if "evaluation" not in self._fingerprints:
+            self._fingerprints["evaluation"] = self._evaluation_fingerprint()
+        return self._fingerprints["evaluation"]
+
+    def _evaluation_fingerprint(self) -> Fingerprint:
         from bench.data.letterbox import PAD_VALUE
         from bench.eval.accuracy import select_ids
 
@@ -156,6 +162,11 @@ class RunContext:
 
     def calibration_fingerprint(self) -> Fingerprint:
         """The calibration images' contents in the order used, with count and size."""
+        if "calibration" not in self._fingerprints:
+            self._fingerprints["calibration"] = self._calibration_fingerprint()
+        return self._fingerprints["calibration"]
+
+    def _calibration_fingerprint(self) -> Fingerprint:
         from bench.data.calibration import calibration_fingerprint
 
         inputs, cfg = self.inputs(), self.cfg

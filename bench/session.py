@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config import BenchConfig
-from bench.errors import BenchError, EngineUnavailable, ModelError, one_line
+from bench.errors import EngineUnavailable, ModelError, one_line
 from bench.measure.measurer import Measurer, Timer, plain_timer
 from bench.measure.references import References
 from bench.report.assemble import (
@@ -240,5 +240,3 @@ def benchmark_extra_info(row: ResultRow) -> dict[str, Any]:
         info["e2e_latency_median_ms"] = row.e2e_latency_ms.median
     return info
 
-
-__all__ = ["BenchError", "BenchSession", "Prepared", "benchmark_extra_info"]

@@ -94,7 +94,6 @@ def test_calibration_never_uses_evaluation_images(tmp_path, tiny_detector, tiny_
 
 def test_speedup_is_paired_with_fp32_blocks_timed_beside_the_variant(
         tmp_path, tiny_detector, tiny_coco, monkeypatch):
-    from bench.measure import references
     from bench.report.judge import BLOCKS_KEY
     from bench.report.rows import PAIRED_KEY
 
@@ -125,7 +124,6 @@ def test_speedup_is_paired_with_fp32_blocks_timed_beside_the_variant(
     assert int8.extra[BLOCKS_KEY]["reference_ms"] == []
     assert "no memory for a second fp32 engine" in int8.extra["fp32_unavailable"]
     assert int8.speedup_vs_fp32 == pytest.approx(fp32.latency_ms.median / int8.latency_ms.median)
-    assert references  # the module that keeps the reference engines
 
 
 def test_a_run_without_fp32_measures_it_as_the_reference_of_the_floors(

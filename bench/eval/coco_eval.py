@@ -182,19 +182,18 @@ def _check_image_ids(coco_gt: Any, results: np.ndarray) -> None:
 
 def _run_pycocotools(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | None):
     gt = coco_gt if isinstance(coco_gt, COCO) else _pycocotools_gt(coco_gt)
-    ev = COCOeval(gt, gt.loadRes(given), "bbox")
-    if ids is not None:
-        ev.params.imgIds = ids
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return ev.stats
+    return _summarised(COCOeval(gt, gt.loadRes(given), "bbox"), ids)
 
 
 def _run_faster(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | None):
     fce = _faster_module()
     gt = _faster_gt(coco_gt)
-    ev = fce.COCOeval_faster(gt, gt.loadRes(given), "bbox", print_function=_silent)
+    return _summarised(fce.COCOeval_faster(gt, gt.loadRes(given), "bbox",
+                                           print_function=_silent), ids)
+
+
+def _summarised(ev: Any, ids: list[int] | None) -> Any:
+    """evaluate, accumulate, summarize: the same calls on either evaluator's COCOeval."""
     if ids is not None:
         ev.params.imgIds = ids
     ev.evaluate()

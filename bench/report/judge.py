@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import BenchError
 from bench.measure.stats import compare_to_baseline, normalised_latency, paired_ratio
 from bench.report.gate import GateConfig, evaluate_gate, match_baseline_row, row_comparability
-from bench.report.rows import PAIRED_KEY, REFERENCE_VARIANT, ResultRow
+from bench.report.rows import REFERENCE_VARIANT, ResultRow
 from bench.report.runs import Run
 
 if TYPE_CHECKING:
@@ -198,6 +198,3 @@ def _normalised(row: ResultRow) -> list[float] | None:
     except BenchError:
         return None
 
-
-__all__ = ["BLOCKS_KEY", "BaselineInfo", "Judge", "PAIRED_KEY", "latency_message",
-           "relative_to_fp32"]
