@@ -29,7 +29,7 @@ from bench.eval.coco_eval import (
     DEFAULT_EVALUATOR,
     METRIC_KEYS,
     check_evaluator,
-    evaluate,
+    evaluate_detailed,
     to_coco_array,
     write_results,
 )
@@ -275,8 +275,8 @@ def run_accuracy(
     streamed = time.perf_counter() - start
     results = np.concatenate([np.zeros((0, 7)), *feed.results])
     feed.per_chunk.clear()  # the per-image arrays are copied into results: let them go
-    metrics, path, write_s = _score(dataset, results, ids, evaluator, results_path)
-    matches = _matches(dataset, results, ids) if keep_matches else None
+    metrics, matches, path, write_s = _score(dataset, results, ids, evaluator, results_path,
+                                             keep_matches)
     total = time.perf_counter() - start
     return AccuracyResult(
         metrics=metrics,
@@ -296,25 +296,25 @@ def run_accuracy(
     )
 
 
-def _matches(dataset: CocoDataset, results: np.ndarray, ids: list[int]) -> object | None:
-    """The per-image matches a paired bootstrap of ΔmAP resamples (bench.eval.bootstrap);
-    None when there is nothing to match."""
-    from bench.eval.bootstrap import evaluate_for_bootstrap
-
-    if len(results) == 0:
-        return None
-    return evaluate_for_bootstrap(dataset.coco, results, ids)
-
-
 def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator: str,
-           results_path: Path | None) -> tuple[dict[str, float], Path | None, float]:
-    """COCOeval's metrics, the results JSON written (or None) and the seconds writing took."""
-    metrics = evaluate(dataset.coco, results, ids, evaluator=evaluator)
+           results_path: Path | None, keep_matches: bool,
+           ) -> tuple[dict[str, float], object | None, Path | None, float]:
+    """COCOeval's metrics; the per-image matches a paired bootstrap of ΔmAP resamples
+    (bench.eval.bootstrap.MatchTable, read from the same evaluation; None when not asked
+    for or nothing was detected); the results JSON written (or None) and the seconds
+    writing took."""
+    metrics, evaluated = evaluate_detailed(dataset.coco, results, ids, evaluator=evaluator,
+                                           per_image=keep_matches)
+    matches = None
+    if keep_matches and evaluated is not None:
+        from bench.eval.bootstrap import match_table
+
+        matches = match_table(evaluated)
     if results_path is None:
-        return metrics, None, 0.0
+        return metrics, matches, None, 0.0
     t0 = time.perf_counter()
     path = write_results(results_path, results)
-    return metrics, path, time.perf_counter() - t0
+    return metrics, matches, path, time.perf_counter() - t0
 
 
 @dataclass

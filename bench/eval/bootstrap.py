@@ -25,7 +25,7 @@ with continuous scores the two are identical.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,6 +69,16 @@ class MatchTable:
     gt_count: np.ndarray
     segments: tuple[Segment, ...]
     recall_thresholds: np.ndarray
+    # resampled_ap's results by (n_boot, seed): fp32's side of every variant's ΔmAP is the
+    # same resamples of the same table, computed once a run
+    _resampled: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def resampled_ap(self, n_boot: int, seed: int) -> np.ndarray:
+        """ap() of the n_boot seeded resamples of resample_weights (memoized)."""
+        key = (n_boot, seed)
+        if key not in self._resampled:
+            self._resampled[key] = self.ap(resample_weights(len(self.image_ids), n_boot, seed))
+        return self._resampled[key]
 
     def ap(self, weights: np.ndarray | None = None) -> np.ndarray:
         """AP@[.5:.95] for each row of weights ([resamples, images], each image's count in
@@ -139,7 +149,7 @@ def match_table(coco_eval, max_det: int = 100, area: str = "all") -> MatchTable:
     dtMatches, dtIgnore, gtIgnore, as COCOeval.evaluate() leaves them in evalImgs.
     """
     p = coco_eval.params
-    eval_imgs = _eval_imgs(coco_eval)
+    eval_imgs = _eval_imgs(coco_eval)  # converted on access: only area's entries are read
     if max_det not in list(p.maxDets):
         raise InputDataError(f"max_det {max_det}: the evaluation's maxDets are {list(p.maxDets)}")
     if area not in p.areaRngLbl:
@@ -165,12 +175,28 @@ def match_table(coco_eval, max_det: int = 100, area: str = "all") -> MatchTable:
                       gt_count, tuple(segments), np.asarray(p.recThrs, dtype=np.float64))
 
 
-def _eval_imgs(coco_eval) -> list:
+class _CppEntries(Sequence):
+    """faster-coco-eval's per-image results, each converted when it is read (match_table
+    reads one area's quarter of them)."""
+
+    def __init__(self, cpp, n_iou: int):
+        self._cpp, self._n_iou = cpp, n_iou
+
+    def __len__(self) -> int:
+        return len(self._cpp)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [_from_cpp(self._cpp[i], self._n_iou) for i in range(*index.indices(len(self)))]
+        return _from_cpp(self._cpp[index], self._n_iou)
+
+
+def _eval_imgs(coco_eval) -> Sequence:
     if getattr(coco_eval, "evalImgs", None):
         return list(coco_eval.evalImgs)
     cpp = getattr(coco_eval, "_evalImgs_cpp", None)
     if cpp is not None:
-        return [_from_cpp(e, len(coco_eval.params.iouThrs)) for e in cpp]
+        return _CppEntries(cpp, len(coco_eval.params.iouThrs))
     if hasattr(coco_eval, "separate_eval"):
         raise InputDataError("faster-coco-eval keeps no per-image results unless made with"
                              " separate_eval=True: the bootstrap needs them")
@@ -230,39 +256,22 @@ def _segment(category: int, img: np.ndarray, tps: np.ndarray, fps: np.ndarray,
     return Segment(category, img[tp_pos], keys % n_img, mult.astype(np.float64), fp_before)
 
 
-def evaluate_for_bootstrap(coco_gt, results, image_ids: Sequence[int] | None = None,
-                           ) -> MatchTable:
-    """Run only the per-image matching of COCOeval on results and return its MatchTable.
+def evaluate_for_bootstrap(coco_gt, results, image_ids: Sequence[int] | None = None, *,
+                           evaluator: str = "faster") -> MatchTable:
+    """The MatchTable of results, from the same evaluation that gives their metrics
+    (bench.eval.coco_eval.evaluate_detailed with per_image=True).
 
-    coco_gt: a pycocotools COCO (then pycocotools' COCOeval runs) or a faster_coco_eval COCO
-    (then COCOeval_faster with separate_eval=True). results: COCO result entries or a
+    coco_gt: a pycocotools or faster-coco-eval COCO. results: COCO result entries or a
     results array (bench.eval.coco_eval.RESULT_COLUMNS). image_ids: the evaluated images
-    (default: all), as bench.eval.coco_eval.evaluate takes them.
+    (default: all). evaluator: "faster" or "pycocotools".
     """
-    import contextlib
-    import io
+    from bench.eval.coco_eval import evaluate_detailed
 
-    from bench.eval.coco_eval import array_to_dicts
-
-    given = (array_to_dicts(results) if isinstance(results, np.ndarray)
-             else [dict(r) for r in results])
-    if not given:
+    evaluated = evaluate_detailed(coco_gt, results, image_ids, evaluator=evaluator,
+                                  per_image=True)[1]
+    if evaluated is None:
         raise InputDataError("no detections: the bootstrap needs at least one result entry")
-    if type(coco_gt).__module__.startswith("faster_coco_eval"):
-        from faster_coco_eval import COCOeval_faster
-
-        ev = COCOeval_faster(coco_gt, coco_gt.loadRes(given), "bbox", separate_eval=True,
-                             print_function=lambda *a: None)
-    else:
-        from pycocotools.cocoeval import COCOeval
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(coco_gt, coco_gt.loadRes(given), "bbox")
-    if image_ids is not None:
-        ev.params.imgIds = sorted(int(i) for i in image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate()
-    return match_table(ev)
+    return match_table(evaluated)
 
 
 def _table(evaluation) -> MatchTable:
@@ -298,8 +307,7 @@ def delta_map_ci(eval_a, eval_b, n_boot: int = 200, seed: int = 0,
         raise InputDataError(f"ΔmAP needs the same categories: {a.category_ids} against"
                              f" {b.category_ids}")
     estimate = float(a.ap()[0] - b.ap()[0])
-    weights = resample_weights(len(a.image_ids), n_boot, seed)
-    deltas = a.ap(weights) - b.ap(weights)
+    deltas = a.resampled_ap(n_boot, seed) - b.resampled_ap(n_boot, seed)
     deltas = deltas[np.isfinite(deltas)]
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(deltas, [tail, 1.0 - tail]) if deltas.size else (np.nan, np.nan)

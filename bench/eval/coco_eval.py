@@ -131,19 +131,37 @@ def evaluate(
     default) or "pycocotools" (the reference). A metric COCOeval cannot define (no
     ground truth in that size range) is NaN; with no detections at all every metric is 0.
     """
+    return evaluate_detailed(coco_gt, results, image_ids, evaluator=evaluator)[0]
+
+
+def evaluate_detailed(
+    coco_gt: Any,
+    results: list[dict] | np.ndarray,
+    image_ids: Sequence[int] | None = None,
+    *,
+    evaluator: str = DEFAULT_EVALUATOR,
+    per_image: bool = False,
+) -> tuple[dict[str, float], Any]:
+    """evaluate()'s metrics and the evaluator's COCOeval object after summarize() (None
+    when there were no detections). per_image: keep the per-image matches readable
+    (faster-coco-eval made with separate_eval=True; pycocotools always keeps them), for
+    bench.eval.bootstrap.match_table: one evaluation gives both the metrics and the
+    bootstrap's table."""
     check_evaluator(evaluator)
     if len(results) == 0:
-        return zero_metrics()
+        return zero_metrics(), None
     given = _as_array(results) if isinstance(results, np.ndarray) else [dict(r) for r in results]
     if isinstance(given, np.ndarray):
         _check_image_ids(coco_gt, given)
     ids = sorted(int(i) for i in image_ids) if image_ids is not None else None
     with contextlib.redirect_stdout(io.StringIO()), _gc_paused():
         if evaluator == "faster":
-            stats = _run_faster(coco_gt, given, ids)
+            ev = _run_faster(coco_gt, given, ids, per_image)
         else:
-            stats = _run_pycocotools(coco_gt, given, ids)
-    return {k: _defined(v) for k, v in zip(METRIC_KEYS, stats[: len(METRIC_KEYS)], strict=True)}
+            ev = _run_pycocotools(coco_gt, given, ids)
+    stats = ev.stats
+    return ({k: _defined(v) for k, v in zip(METRIC_KEYS, stats[: len(METRIC_KEYS)], strict=True)},
+            ev)
 
 
 @contextlib.contextmanager
@@ -181,25 +199,29 @@ def _check_image_ids(coco_gt: Any, results: np.ndarray) -> None:
 
 
 def _run_pycocotools(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | None):
+    # pycocotools' COCOeval always keeps its per-image results (evalImgs).
     gt = coco_gt if isinstance(coco_gt, COCO) else _pycocotools_gt(coco_gt)
     return _summarised(COCOeval(gt, gt.loadRes(given), "bbox"), ids)
 
 
-def _run_faster(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | None):
+def _run_faster(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | None,
+                per_image: bool = False):
     fce = _faster_module()
     gt = _faster_gt(coco_gt)
     return _summarised(fce.COCOeval_faster(gt, gt.loadRes(given), "bbox",
+                                           separate_eval=per_image,
                                            print_function=_silent), ids)
 
 
 def _summarised(ev: Any, ids: list[int] | None) -> Any:
-    """evaluate, accumulate, summarize: the same calls on either evaluator's COCOeval."""
+    """evaluate, accumulate, summarize: the same calls on either evaluator's COCOeval.
+    Returns the COCOeval."""
     if ids is not None:
         ev.params.imgIds = ids
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return ev.stats
+    return ev
 
 
 def _faster_module():

@@ -201,12 +201,15 @@ def test_faster_coco_eval_per_image_results_give_the_same_table(generated):
 def test_evaluate_for_bootstrap_on_either_evaluator(generated):
     gt, dets, _ = generated
     reference = _evaluated(gt, dets, img_ids=range(1, 41), summarize=True).stats[0]
-    table = evaluate_for_bootstrap(gt, dets, image_ids=range(1, 41))
+    table = evaluate_for_bootstrap(gt, dets, image_ids=range(1, 41), evaluator="pycocotools")
     assert table.image_ids == tuple(range(1, 41))
     assert table.ap()[0] == pytest.approx(reference, abs=1e-9)
     fce = pytest.importorskip("faster_coco_eval")
     fgt = fce.COCO()
     fgt.dataset = gt.dataset
     fgt.createIndex()
-    fast = evaluate_for_bootstrap(fgt, dets, image_ids=range(1, 41))
-    assert fast.ap()[0] == pytest.approx(reference, abs=1e-9)
+    for coco in (gt, fgt):  # faster-coco-eval, given either ground truth object
+        fast = evaluate_for_bootstrap(coco, dets, image_ids=range(1, 41))
+        assert fast.image_ids == table.image_ids
+        assert fast.ap()[0] == pytest.approx(reference, abs=1e-9)
+        assert [len(g.tp_img) for g in fast.segments] == [len(g.tp_img) for g in table.segments]
