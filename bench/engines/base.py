@@ -41,6 +41,10 @@ class Engine(abc.ABC):
 
     name: ClassVar[str] = "engine"
     Options: ClassVar[type] = EngineOptions
+    # Idle seconds the latency pass waits before timing this engine after another ran:
+    # long enough for a runtime's worker threads to stop spinning. Conservative by default;
+    # an engine whose threads stop when a call returns sets 0.
+    settle_pause_s: ClassVar[float] = 0.05
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu",
                  options: Any = None):

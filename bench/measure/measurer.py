@@ -8,9 +8,10 @@ block the fp32 reference and the fixed speed probe each run a block of their own
 
 Variant block k is compared with its neighbours R(k-1), R(k) (the speedup) and P(k-1),
 P(k) (latency normalised by the probe, which is what is compared across runs). Every
-block starts settled: ONNX Runtime's intra-op pools spin after each call, so the session
-that ran last slows the next one by 30-50 % until it stops; a short pause and a few
-untimed calls come before each timed block.
+block starts settled: a few untimed calls, after a pause as long as the engine declares
+(Engine.settle_pause_s). ONNX Runtime's intra-op pools spin after each call unless told to
+stop, and a session that ran last then slows the next one by 30-50 % until it stops; its
+engine stops them when a call returns, so it needs no pause.
 
 Power is read over a window of its own (the variant alone, back to back), since the
 interleaved pass also runs other models; it is skipped where no power source exists.
@@ -33,8 +34,7 @@ if TYPE_CHECKING:
 # timer(target, rounds, setup): call setup() then target() `rounds` times, timing target.
 Timer = Callable[[Callable[[], object], int, Callable[[], object]], None]
 
-SETTLE_PAUSE_S = 0.05  # measured: a spinning ORT pool stops within about 50 ms
-SETTLE_CALLS = 4
+SETTLE_CALLS = 1  # measured: one untimed call settles a session that does not spin on
 MAX_SPAN_CALLS = 3  # a probe block runs at most this many times its usual calls
 E2E_ROUNDS = 20
 
@@ -80,7 +80,8 @@ class _Block:
         self.engine, self.batch = engine, batch
 
     def settle(self) -> None:
-        time.sleep(SETTLE_PAUSE_S)
+        if self.engine.settle_pause_s:
+            time.sleep(self.engine.settle_pause_s)
         for _ in range(SETTLE_CALLS):
             self.engine.infer(self.batch)
 

@@ -33,3 +33,17 @@ def test_non_4d_input_is_rejected(tmp_path: Path):
 def test_unavailable_reason_names_the_provider():
     assert OrtEngine.unavailable_reason("cpu") is None
     assert "CUDAExecutionProvider" in OrtEngine.unavailable_reason("cuda")
+
+
+def test_the_latency_session_stops_spinning_when_a_call_returns(tmp_path: Path):
+    # What lets the latency pass interleave sessions without pausing (settle_pause_s 0):
+    # infer()'s session spins only during a call; the accuracy streams never spin.
+    engine = OrtEngine(_conv_model(tmp_path / "m.onnx"), options=OrtEngine.Options(threads=2))
+    engine.activate()
+    options = engine._session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert OrtEngine.settle_pause_s == 0.0
+    engine.infer_streams(2)
+    for session in {id(s): s for s in engine._streams[(2, 1)]}.values():
+        stream = session.get_session_options()
+        assert stream.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bench.measure.measurer import Measurer, plain_timer, time_calls
+from bench.measure.measurer import SETTLE_CALLS, Measurer, plain_timer, time_calls
 from bench.power.none import NoneSampler
 from bench.report.assemble import latency_stats
 
@@ -11,8 +11,9 @@ from bench.report.assemble import latency_stats
 class Clock:
     """An engine whose calls take a set time (sleep), recording which engine ran when."""
 
-    def __init__(self, name, seconds, log):
+    def __init__(self, name, seconds, log, settle_pause_s=0.0):
         self.name, self.seconds, self.log = name, seconds, log
+        self.settle_pause_s = settle_pause_s
 
     def reset_timings(self):  # the Engine interface's hook; a clock has no GPU timings
         pass
@@ -46,7 +47,22 @@ def test_a_short_probe_spans_as_long_as_the_variant_block():
     Measurer(rounds=5, blocks=1, warmup=0).measure(
         variant, np.zeros(1), reference=None, probe=(probe, np.zeros(1)), sampler=NoneSampler())
     # a 50 ms variant block: the probe blocks run well past their 5 calls (1 ms each)
-    assert log.count("p") > 2 * (5 + 4)
+    assert log.count("p") > 2 * (5 + SETTLE_CALLS)
+
+
+def test_each_block_waits_the_pause_its_engine_declares():
+    import time
+
+    quick = [Clock(n, 0.0005, []) for n in "vrp"]
+    paused = [Clock(n, 0.0005, [], settle_pause_s=0.02) for n in "vrp"]
+    spent = []
+    for v, r, p in (quick, paused):
+        began = time.perf_counter()
+        Measurer(rounds=6, blocks=3, warmup=0).measure(
+            v, np.zeros(1), reference=r, probe=(p, np.zeros(1)), sampler=NoneSampler())
+        spent.append(time.perf_counter() - began)
+    # 3 variant blocks + 4 reference and 4 probe blocks, each after a 20 ms pause
+    assert spent[1] - spent[0] >= 11 * 0.02 * 0.9
 
 
 def test_plain_timer_runs_setup_before_each_round():
