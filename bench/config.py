@@ -79,7 +79,7 @@ class BenchConfig:
     floor_qat: float = 0.99
     map_tolerance: float = 0.005
     latency_tolerance: float = 0.05
-    latency_blocks: int = 5
+    latency_blocks: int = 10
     fail_inconclusive: bool = False
     evaluator: str = "faster"
     coco_lenient: bool = False

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import __version__
 from bench.config import BenchConfig
+from bench.errors import BenchError
 
 _PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "tensorrt", "pycocotools",
              "pytest-benchmark", "jetson-stats", "nvidia-ml-py")
@@ -49,6 +50,7 @@ def collect_environment(cfg: BenchConfig, inputs: Any | None,
         "commit": git_commit(),
         "threads": cfg.threads,
         "qdq_profile": cfg.profile,
+        "speed_probe": _probe_identity(),
     }
     if inputs is not None:
         env.update(model=inputs.model_label, model_path=str(inputs.model_path),
@@ -117,3 +119,13 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+def _probe_identity() -> dict[str, str] | None:
+    """Which speed probe normalised this run's latencies (None when its file is missing)."""
+    from bench.measure.probe import probe_identity
+
+    try:
+        return probe_identity()
+    except BenchError:
+        return None

@@ -4,8 +4,9 @@ whether two runs' latencies can be compared at all.
 Latency is only comparable between runs on the same machine and software stack. The
 environment dict is read at these keys (dotted paths; see ENVIRONMENT_KEYS):
 device, host.cpu, backend and versions.<backend> must be present in both and equal;
-versions.cuda, versions.driver, power.mode and power.jetson_clocks must be equal where
-either run recorded them.
+versions.cuda, versions.driver, power.mode, power.jetson_clocks, host.isa and
+speed_probe.sha256 (which probe normalised the latencies) must be equal where either run
+recorded them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.report.runs import Run, load_run, read_report
 
 REQUIRED_KEYS = ("device", "host.cpu", "backend")
 OPTIONAL_KEYS = ("versions.cuda", "versions.driver", "power.mode", "power.jetson_clocks",
-                 "host.isa")
+                 "host.isa", "speed_probe.sha256")
 ENVIRONMENT_KEYS = REQUIRED_KEYS + ("versions.<backend>",) + OPTIONAL_KEYS
 _MISSING = object()
 

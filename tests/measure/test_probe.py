@@ -30,6 +30,14 @@ def test_probe_runs_on_the_ort_engine_deterministically(tmp_path):
     assert batch.shape == probe.INPUT_SHAPE and batch.dtype == np.float32
     assert np.array_equal(batch, probe.probe_batch())
     with OrtEngine(probe.probe_model_path(tmp_path), options=OrtOptions(threads=1)) as engine:
-        out = engine.infer(batch)[probe.OUTPUT_NAME]
-        assert out.shape == (1, 256, 1, 1) and np.all(np.isfinite(out)) and out.max() > 0
-        assert np.array_equal(out, engine.infer(batch)[probe.OUTPUT_NAME])
+        (out,) = engine.infer(batch).values()
+        assert out.shape[0] == 1 and np.all(np.isfinite(out)) and out.max() > 0
+        assert np.array_equal(out, next(iter(engine.infer(batch).values())))
+
+
+def test_the_probe_is_the_shipped_default_detector():
+    from bench.models.default import default_model_path, verify_default
+
+    assert probe.probe_bytes() == default_model_path().read_bytes()
+    assert probe.probe_sha256() == verify_default()["onnx"]["sha256"]
+    assert probe.INPUT_SHAPE[2:] == (verify_default()["model"]["imgsz"],) * 2

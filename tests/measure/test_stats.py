@@ -88,9 +88,25 @@ def test_paired_ratio_without_a_closing_reference_block_uses_one_neighbour():
         paired_ratio([[1.0]], [[1.0], [1.0], [1.0]])
 
 
-def test_normalised_latency_is_the_inverse_pairing():
+def test_normalised_latency_pairs_each_block_with_each_neighbour():
     norm = normalised_latency([[3.0, 3.0, 9.0]], [[1.0], [2.0]])
-    assert norm.tolist() == [pytest.approx(2.0)]
+    assert norm.tolist() == [[pytest.approx(3.0), pytest.approx(1.5)]]
+    # no probe block after the last variant block: the one before, twice
+    assert normalised_latency([4.0, 6.0], [2.0, 3.0]).tolist() == [[2.0, 4 / 3], [2.0, 2.0]]
+    with pytest.raises(StatsError, match="3 probe blocks for 1 variant blocks"):
+        normalised_latency([1.0], [1.0, 1.0, 1.0])
+
+
+def test_a_speed_jump_beside_a_block_does_not_move_the_verdict():
+    # Probe and model both run 1.5x slower for a stretch of blocks (the VM's slow mode);
+    # the blocks next to a jump have one neighbour in each mode. The model is unchanged.
+    mode = np.array([1.0] * 4 + [1.5] * 4 + [1.0] * 3)  # 11 probe blocks, 10 variant blocks
+    probe = 2.0 * mode
+    model = 3.0 * np.array([1.0] * 4 + [1.5] * 4 + [1.0] * 2)
+    base = normalised_latency(3.0 * np.ones(10), 2.0 * np.ones(11))
+    v = compare_to_baseline(normalised_latency(model, probe), base, tolerance=0.05)
+    assert v.ratio.estimate == pytest.approx(1.0)
+    assert v.kind == "no change"
 
 
 def test_compare_to_baseline_kinds_and_messages():
