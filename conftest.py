@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,7 @@ class SuiteFace:
         self.written: Path | None = None
         self.finishing = False  # the face's sessionfinish started
         self._bar_stream: Any = None
+        self.started = time.perf_counter()  # the time split's wall clock
 
     @classmethod
     def start(cls, config: pytest.Config, defaults: dict[str, Any],
@@ -358,6 +360,7 @@ class SuiteFace:
         from bench.report.baseline import load_baseline
         from bench.report.render_rich import LOG_WIDTH, render_text, verdict_text
         from bench.report.runs import load_run
+        from bench.report.timing import time_split
 
         run = load_run(self.written)
         path = Path(self.session.cfg.baseline)
@@ -383,6 +386,9 @@ class SuiteFace:
                                            color=terminalreporter.hasmarkup))
         terminalreporter.write_line(f"baseline: {used}")
         terminalreporter.write_line(f"report: {self.written}")
+        split = time_split(run.rows, time.perf_counter() - self.started)
+        if split:
+            terminalreporter.write_line(split)
         nothing = self.session.nothing_measured()
         if nothing:
             terminalreporter.write_line(nothing, red=True, bold=True)

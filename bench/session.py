@@ -9,6 +9,7 @@ A variant that fails becomes a failed row and the others go on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ class Prepared:
     accuracy: AccuracyResult | None = None
     build_s: float = 0.0
     calib_s: float | None = None
+    spent_s: dict[str, float] | None = None  # this run's seconds: build (or cache), engine open
 
     def close(self) -> None:
         if self.engine is not None:
@@ -92,12 +94,16 @@ class BenchSession:
 
         context = self.run.build_context()
         collected_before = context.calibration_seconds
+        began = time.perf_counter()
         artifact = build_variant(variant, context)
+        built = time.perf_counter()
         calib_s = context.calibration_seconds if collected_before is None else None
         build_s = max(0.0, artifact.build_s - (calib_s or 0.0))
         engine = self.refs.open(variant, artifact.path)
+        spent = {"build": built - began - (calib_s or 0.0),
+                 "engine_open": time.perf_counter() - built}
         prepared = Prepared(variant, "ok", artifact=artifact, engine=engine, build_s=build_s,
-                            calib_s=calib_s)
+                            calib_s=calib_s, spent_s=spent)
         try:
             prepared.accuracy = self.run.accuracy(engine, f"{variant} accuracy")
             if prepared.accuracy.n_detections == 0:
@@ -124,7 +130,8 @@ class BenchSession:
             extra.update(self._diagnosis(prepared))
             row = ok_row(prepared.variant, self._identity(), prepared.artifact,
                          prepared.accuracy, measurement, self._provenance(),
-                         build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra)
+                         build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra,
+                         spent_s=prepared.spent_s)
             return self._store(self._with_delta_ci(row, prepared.accuracy.matches))
         except Exception as exc:
             self._failed(prepared.variant, exc)

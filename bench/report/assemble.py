@@ -57,8 +57,13 @@ def latency_stats(seconds: tuple[float, ...] | list[float]) -> LatencyStats:
 
 def ok_row(variant: str, identity: Identity, artifact: Artifact, accuracy: AccuracyResult,
            measurement: Measurement | None, provenance: Provenance, *, build_s: float,
-           calib_s: float | None, extra: Mapping[str, Any]) -> ResultRow:
-    """The row of a variant that built and ran. measurement None: latency not timed."""
+           calib_s: float | None, extra: Mapping[str, Any],
+           spent_s: Mapping[str, float] | None = None) -> ResultRow:
+    """The row of a variant that built and ran. measurement None: latency not timed.
+
+    build_s: what building the artifact cost when it was built (for a cached artifact, in
+    the run that built it); spent_s: this run's seconds for the build (a cache hit's lookup
+    and checks) and for opening the engine, the phases_s figures."""
     metrics = accuracy.metrics
     figures = {name: metrics.get(name) for name in MAP_FIELDS}
     timed: dict[str, Any] = {}
@@ -82,7 +87,7 @@ def ok_row(variant: str, identity: Identity, artifact: Artifact, accuracy: Accur
                 "power": _power_extra(measurement)}
         if blocks.reference_ms:
             more[PAIRED_KEY] = float(np.median(blocks.reference_ms))
-    more["phases_s"] = _phases(build_s, calib_s, accuracy, measurement)
+    more["phases_s"] = _phases(spent_s or {"build": build_s}, calib_s, accuracy, measurement)
     return ResultRow(variant=variant, status="ok", **identity.to_dict(), **figures, **timed,
                      artifact=str(artifact.path), artifact_bytes=artifact.bytes, build_s=build_s,
                      calib_s=calib_s, eval_images=accuracy.n_images,
@@ -92,10 +97,10 @@ def ok_row(variant: str, identity: Identity, artifact: Artifact, accuracy: Accur
                      extra={**extra, **more})
 
 
-def _phases(build_s: float, calib_s: float | None, accuracy: AccuracyResult,
+def _phases(spent_s: Mapping[str, float], calib_s: float | None, accuracy: AccuracyResult,
             measurement: Measurement | None) -> dict[str, float]:
-    """Where a variant's time went, so that a nightly shows it (seconds)."""
-    phases = {"calibration": calib_s or 0.0, "build": build_s}
+    """Where a variant's time went in this run, so that a nightly shows it (seconds)."""
+    phases = {"calibration": calib_s or 0.0, **spent_s}
     phases.update({f"accuracy_{k}": v for k, v in accuracy.phase_seconds.items()})
     phases["latency"] = measurement.seconds_total if measurement is not None else 0.0
     return {k: round(float(v), 3) for k, v in phases.items()}
