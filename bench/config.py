@@ -224,8 +224,8 @@ HELP = {
                    "metadata tells (end-to-end and [N,7] NMS exports)",
     "class_map": "JSON file mapping the model's class index to a dataset category id, "
                  "e.g. {\"0\": 1, \"1\": 3} or [1, 3] (a model trained on a subset)",
-    "diagnose": "INT8 rows: ORT profile (int8 %) and per-tensor SQNR (layers.csv) in the "
-                "run folder",
+    "diagnose": "INT8 rows: per-layer profile (ORT CPU; on tensorrt the engine's own layers, "
+                "built DETAILED) with int8 %, and per-tensor SQNR (layers.csv) in the run folder",
 }
 
 

@@ -140,13 +140,15 @@ class BenchSession:
             prepared.close()
 
     def _diagnosis(self, prepared: Prepared) -> dict[str, Any]:
-        """--diagnose: an INT8 row's profile and per-tensor error (bench.diagnose.session)."""
+        """--diagnose: an INT8 row's profile and per-tensor error (bench.diagnose.session);
+        a TensorRT row profiles its own engine, still active here."""
         from bench.diagnose.session import diagnose_row, diagnoser_for
 
         if not self.cfg.diagnose:
             return {}
         self.diagnoser = self.diagnoser or diagnoser_for(self.run)
-        return diagnose_row(self.diagnoser, prepared.variant, prepared.artifact, self.run)
+        return diagnose_row(self.diagnoser, prepared.variant, prepared.artifact, self.run,
+                            engine=prepared.engine)
 
     # -- rows -----------------------------------------------------------------------------
     def _identity(self) -> Identity:

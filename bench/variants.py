@@ -21,6 +21,7 @@ from bench.errors import ConfigError
 from bench.quant.calibrators import CALIBRATORS
 
 ARTIFACT_KINDS = ("fp32", "fp16", "qdq", "trt-implicit")
+INT8_ARTIFACTS = ("qdq", "trt-implicit")  # the rows --diagnose looks into
 FLOOR_GROUPS = ("fp16", "int8", "qat")
 REFERENCE = "fp32"
 

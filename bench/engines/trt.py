@@ -2,7 +2,8 @@
 
 The logic that needs no GPU lives in trt_settings (what to build), trt_cache (where it is
 kept, when it is stale) and cuda_buffers (two CUDA bindings behind one interface); the
-TensorRT calls themselves are in trt_build (building) and here (running).
+TensorRT calls themselves are in trt_build (building), here (running) and trt_profile (the
+engine inspector and per-layer times of --diagnose).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bench.engines.trt_cache import (
     store_engine,
     timing_cache_path,
 )
+from bench.engines.trt_profile import LayerProfile, engine_information, time_layers
 from bench.engines.trt_settings import (
     DEFAULT_IMAGE_SIZE,
     BuilderSettings,
@@ -38,6 +40,7 @@ from bench.engines.trt_settings import (
     profile_shapes,
 )
 from bench.errors import BenchError, ConfigError, EngineUnavailable, InputDataError, ModelError
+from bench.variants import INT8_ARTIFACTS
 
 if TYPE_CHECKING:
     from bench.config import BenchConfig
@@ -114,6 +117,9 @@ class TrtOptions:
     calibration_id a string naming that calibration set (part of the cache key)
     cuda_backend   "pycuda" | "cuda-python"; None: the first installed
     verbose        TensorRT's VERBOSE log
+    profiling_verbosity  a ProfilingVerbosity member name the engine is built with
+                   (DETAILED for --diagnose: per-layer precisions in the engine inspector);
+                   None: TensorRT's default, layer names only
     """
 
     kind: str = "fp32"
@@ -128,6 +134,7 @@ class TrtOptions:
     calibration_id: str = ""
     cuda_backend: str | None = None
     verbose: bool = False
+    profiling_verbosity: str | None = None
 
 
 class TrtEngine(Engine):
@@ -154,7 +161,9 @@ class TrtEngine(Engine):
             image_size=image_size or DEFAULT_IMAGE_SIZE,
             cache_dir=Path(cfg.cache_dir) / "engines",
             calibration=calibration if implicit else None,
-            calibration_id=calibration_id if implicit else "")
+            calibration_id=calibration_id if implicit else "",
+            profiling_verbosity="DETAILED" if cfg.diagnose and spec.artifact in INT8_ARTIFACTS
+            else None)
         return cls(artifact_path, device=cls.device_for(cfg), options=options)
 
     @classmethod
@@ -257,6 +266,10 @@ class TrtEngine(Engine):
         self._runtime = self._trt.Runtime(self._logger)
         self._engine = self._load_engine(identity)
         self._context = self._engine.create_execution_context()
+        if self._settings.profiling_verbosity == "DETAILED":
+            # NVIDIA: building with DETAILED "will generally increase latency in enqueueV3()"
+            # (its NVTX ranges); the measured runs keep the default level, names only.
+            self._context.nvtx_verbosity = self._trt.ProfilingVerbosity.LAYER_NAMES_ONLY
         self._io = io_specs(self._trt, self._engine)
         self._input = _single_input(self._io, self.model_path.name)
         self._start, self._end = self._cuda.new_event(), self._cuda.new_event()
@@ -268,7 +281,8 @@ class TrtEngine(Engine):
         return builder_settings(opts.kind, trt_version, calibrator=opts.calibrator,
                                 batch=opts.batch, max_batch=opts.max_batch,
                                 workspace_bytes=int(opts.workspace_mib) << 20,
-                                image_size=opts.image_size)
+                                image_size=opts.image_size,
+                                profiling_verbosity=opts.profiling_verbosity)
 
     # -- the engine: cached or built -------------------------------------------------
 
@@ -381,6 +395,28 @@ class TrtEngine(Engine):
         """Forget the GPU times so far (e.g. between the accuracy and the latency pass)."""
         self._gpu_ms = []
 
+    def profile_layers(self, batch: np.ndarray, *, runs: int = 10,
+                       warmup: int = 2) -> LayerProfile:
+        """The engine inspector's layers and each layer's time over `runs` inferences of
+        batch (after `warmup`), through an IProfiler (bench.engines.trt_profile).
+
+        Per-layer precisions are in the inspector's answer only when the engine was built
+        with profiling_verbosity DETAILED. The profiled runs are not GPU times of the row.
+        """
+        if not self.active:
+            raise BenchError(f"{self.name} engine for {self.model_path.name}: profile_layers() "
+                             "before activate() (or after deactivate())")
+        batch = np.asarray(batch)
+        kept = list(self._gpu_ms)
+        with self._cuda.activation():
+            try:
+                times = time_layers(self._trt, self._context, lambda: self._run(batch),
+                                    runs=runs, warmup=warmup)
+            finally:
+                self._gpu_ms = kept
+            info = engine_information(self._trt, self._engine, self._context)
+        return LayerProfile(info, times, runs, tuple(batch.shape))
+
     def extra_info(self) -> dict[str, Any]:
         cache = getattr(self, "_info_cache", {})
         return {**self._info, **cache, **gpu_time_summary(self._gpu_ms)}
@@ -418,5 +454,7 @@ def _static_info(trt_version: str, settings: BuilderSettings, identity: EngineId
             "strongly_typed": settings.strongly_typed, "calibrator": settings.calibrator,
             "engine_key": identity.key, "gpu": identity.gpu_name,
             "compute_capability": identity.compute_capability, "cuda_backend": cuda.name}
+    if settings.profiling_verbosity:
+        info["profiling_verbosity"] = settings.profiling_verbosity
     notes = deprecation_notes(settings, trt_version)
     return {**info, "deprecation": "; ".join(notes)} if notes else info

@@ -2,9 +2,9 @@
 
 Every decision (flags, typing, profile shapes) is made in trt_settings; this module only
 applies it through the documented Python API: Builder, create_network, OnnxParser,
-IBuilderConfig (set_flag, set_memory_pool_limit, timing cache, optimization profile,
-int8_calibrator and set_calibration_profile, which only TensorRT < 11 has) and
-build_serialized_network.
+IBuilderConfig (set_flag, set_memory_pool_limit, profiling_verbosity, timing cache,
+optimization profile, int8_calibrator and set_calibration_profile, which only TensorRT < 11
+has) and build_serialized_network.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def build_engine_plan(trt: Any, logger: Any, onnx_path: Path, settings: BuilderS
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     for name in settings.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if settings.profiling_verbosity is not None:  # DETAILED: the inspector's per-layer facts
+        config.profiling_verbosity = getattr(trt.ProfilingVerbosity, settings.profiling_verbosity)
     status = _use_timing_cache(config, timing_cache)
     profile, opt_shape = _add_profile(builder, config, network, settings)
     feed = _attach_calibrator(trt, config, profile, opt_shape, settings, calibration, cuda)

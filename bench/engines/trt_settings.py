@@ -13,6 +13,11 @@ from NVIDIA's documentation:
   calibrators (IInt8EntropyCalibrator2, IInt8MinMaxCalibrator) were removed. FP16 must come
   from an FP16 ONNX, INT8 from Q/DQ nodes.
 
+The profiling verbosity (ProfilingVerbosity.DETAILED for --diagnose) is documented as
+changing what the plan records about its layers, for the engine inspector ("layer names and
+layer parameters") and NVTX, not what they run; the plan bytes differ all the same, so it is
+part of the settings and of the engine cache key.
+
 Weakly typed INT8 builds also set FP16 so that the layers left unquantized (the detect head,
 SiLU tails) run in half precision, as `trtexec --int8 --fp16` does; without it they run in
 FP32 and an INT8 engine can be slower than the FP16 one.
@@ -39,6 +44,8 @@ IMPLICIT_CALIBRATORS = {
 OLDEST_SUPPORTED = (8, 6)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 DEFAULT_IMAGE_SIZE = 640
+# Members of TensorRT's ProfilingVerbosity (8.6 through 11); LAYER_NAMES_ONLY is its default.
+PROFILING_VERBOSITIES = ("LAYER_NAMES_ONLY", "DETAILED", "NONE")
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ class BuilderSettings:
     which ONNX the engine must be built from: "fp32" (the model as given), "fp16" (an FP16
     ONNX; TensorRT 11 has no FP16 flag) or "qdq" (a Q/DQ ONNX).
     Names in network_flags / builder_flags are members of TensorRT's
-    NetworkDefinitionCreationFlag / BuilderFlag enums.
+    NetworkDefinitionCreationFlag / BuilderFlag enums; profiling_verbosity is a member of
+    ProfilingVerbosity, None leaving TensorRT's default (LAYER_NAMES_ONLY).
     """
 
     kind: str
@@ -79,29 +87,42 @@ class BuilderSettings:
     opt_batch: int = 1
     max_batch: int = 1
     image_size: int = DEFAULT_IMAGE_SIZE
+    profiling_verbosity: str | None = None
 
     @property
     def needs_calibrator(self) -> bool:
         return self.calibrator is not None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict (the engine cache key hashes it). profiling_verbosity is
+        left out while None, so engines cached before it existed keep their keys."""
+        fields = asdict(self)
+        if fields["profiling_verbosity"] is None:
+            del fields["profiling_verbosity"]
+        return fields
 
 
 def builder_settings(kind: str, trt_version: str, *, calibrator: str | None = None,
                      batch: int = 1, max_batch: int | None = None,
                      workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                     image_size: int = DEFAULT_IMAGE_SIZE) -> BuilderSettings:
+                     image_size: int = DEFAULT_IMAGE_SIZE,
+                     profiling_verbosity: str | None = None) -> BuilderSettings:
     """The builder settings of one artifact kind under one TensorRT version.
 
-    calibrator: the calibrator name of a trt-implicit variant (entropy2 | minmax).
-    Raises ConfigError for an unknown kind or calibrator or bad sizes, EngineUnavailable
-    where the installed TensorRT cannot build it (too old, or a removed calibrator).
+    calibrator: the calibrator name of a trt-implicit variant (entropy2 | minmax);
+    profiling_verbosity: a ProfilingVerbosity member name (DETAILED for --diagnose).
+    Raises ConfigError for an unknown kind, calibrator or verbosity or bad sizes,
+    EngineUnavailable where the installed TensorRT cannot build it (too old, or a removed
+    calibrator).
     """
     version = parse_trt_version(trt_version)
     _check_supported(version)
     trt_class = _calibrator_class(kind, calibrator)
     sizes = _sizes(batch, max_batch, workspace_bytes, image_size)
+    if profiling_verbosity not in (None, *PROFILING_VERBOSITIES):
+        raise ConfigError(f"tensorrt profiling verbosity {profiling_verbosity!r}: expected one "
+                          f"of {', '.join(PROFILING_VERBOSITIES)}")
+    sizes["profiling_verbosity"] = profiling_verbosity
     if version.major >= 11:
         return _strongly_typed(kind, trt_class, version, sizes)
     return _weakly_typed(kind, trt_class, version, sizes)

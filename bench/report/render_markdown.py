@@ -122,7 +122,8 @@ def diagnosis_section(rows: list[ResultRow]) -> list[str]:
                           for t in found.get("worst_tensors", []))
         lines += [f"  - worst tensors (SQNR): {worst}"] if worst else []
         lines += [f"  - kept float: {md(', '.join(kept)) or 'nothing'}"] if kept is not None else []
-        lines += [f"  - _{md(found[k])}_" for k in ("profile_error", "layers_error") if k in found]
+        lines += [f"  - _{md(found[k])}_" for k in ("profile_error", "profile_note", "layers_error")
+                  if k in found]
     if not lines:
         return []
     return ["<details><summary>Diagnosis (INT8 rows)</summary>", "", *lines, "", "</details>",

@@ -15,7 +15,30 @@ profile's OPT shape (profile 0 where none is set), ignores get_batch_size, reads
 bytes from each pointer get_batch returns, and swallows an exception raised in get_batch
 as "no more batches"; execute_async_v3 returns False unless every I/O tensor has an
 address, the input shape is set, and the stream is live. The "network" computes
-out = 2 * images and score = per-image sum, reading and writing the fake GPU's memory.
+out = 2 * images and score = per-image sum, reading and writing the fake GPU's memory (a
+test model's Conv must be the 1x1 one with weights 2 * I that computes the same).
+
+Layer facts, as documented for 8.6 through 11 (Python API EngineInspector, IProfiler,
+IExecutionContext; NvInferRuntime.h): IBuilderConfig.profiling_verbosity takes a
+ProfilingVerbosity (LAYER_NAMES_ONLY by default) and the engine keeps it
+(ICudaEngine.profiling_verbosity). engine.create_engine_inspector() answers
+get_engine_information / get_layer_information(i, LayerInformationFormat.JSON) with
+{"Layers": [...], "Bindings": [names]}: layer objects (Name, LayerType, Inputs/Outputs with
+Name, Location, Dimensions, Format/Datatype, Origin on a Reformat, Metadata "[ONNX Layer:
+...]", TacticName, TacticValue) when built DETAILED, bare names by default, none with NONE
+(an assumption: NVIDIA says only that nothing is printed). Without an execution context,
+dynamic dims read -1 and only the data type is shown ("Int8"); with one whose shapes are
+set, dims are concrete and the format is spelled out. 11.x answers "I/O Tensors" objects
+instead of "Bindings" and splits Format/Datatype into "Format" and "DataType" (the split is
+documented; those two names are this stand-in's reading of NVIDIA's I/O Tensors example).
+The builder's "layers": each Q becomes a Reformat of Origin QDQ, each DQ folds into the
+layers reading it (their names joined with " + ", as TensorRT names fused layers), a
+weakly typed FP16 or calibrated INT8 build converts the input and FP16 outputs through
+"Reformatting CopyNode" layers. An IProfiler subclass must call IProfiler.__init__ (the
+trampoline); with context.profiler set, execute_async_v3 reports each layer's time once
+per run (layer names, decimal indices under NONE) unless enqueue_emits_profile is False,
+when report_to_profiler() reports the previous enqueue's. nvtx_verbosity defaults to the
+build's verbosity and cannot be raised above it.
 """
 
 from __future__ import annotations
@@ -29,7 +52,8 @@ import numpy as np
 import onnx
 from strict_cuda import FakeGpu
 
-KNOWN_OPS = {"Mul", "ReduceSum", "QuantizeLinear", "DequantizeLinear", "Cast", "Identity"}
+KNOWN_OPS = {"Conv", "Mul", "ReduceSum", "QuantizeLinear", "DequantizeLinear", "Cast",
+             "Identity"}
 
 
 class DataType(enum.IntEnum):
@@ -47,6 +71,28 @@ class TensorIOMode(enum.IntEnum):
 
 class MemoryPoolType(enum.IntEnum):
     WORKSPACE = 0
+
+
+class ProfilingVerbosity(enum.IntEnum):  # kLAYER_NAMES_ONLY = 0, kNONE = 1, kDETAILED = 2
+    LAYER_NAMES_ONLY = 0
+    NONE = 1
+    DETAILED = 2
+
+
+class LayerInformationFormat(enum.IntEnum):
+    ONELINE = 0
+    JSON = 1
+
+
+class IProfiler:
+    """The trampoline base: a subclass must call IProfiler.__init__ and override
+    report_layer_time (pybind11 raises on a pure virtual call)."""
+
+    def __init__(self):
+        self._initialised = True
+
+    def report_layer_time(self, layer_name: str, ms: float) -> None:
+        raise RuntimeError('Tried to call pure virtual function "IProfiler::reportLayerTime"')
 
 
 @dataclass
@@ -67,6 +113,8 @@ def fake_tensorrt(version: str, gpu: FakeGpu) -> types.ModuleType:
     trt.__version__ = version
     trt.log = Log()
     trt.DataType, trt.TensorIOMode, trt.MemoryPoolType = DataType, TensorIOMode, MemoryPoolType
+    trt.ProfilingVerbosity, trt.LayerInformationFormat = ProfilingVerbosity, LayerInformationFormat
+    trt.IProfiler = IProfiler
     trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.HALF: np.float16,
                                 DataType.INT8: np.int8, DataType.INT32: np.int32}[dtype]
 
@@ -82,7 +130,7 @@ def fake_tensorrt(version: str, gpu: FakeGpu) -> types.ModuleType:
     network_cls = _network_class()
     trt.OnnxParser = _parser_class(major, trt)
     trt.Builder = _builder_class(major, trt, gpu, network_cls)
-    trt.Runtime = _runtime_class(trt, gpu)
+    trt.Runtime = _runtime_class(trt, gpu, major)
     if major < 11:
         trt.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (_CalibratorBase,), {})
         trt.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (_CalibratorBase,), {})
@@ -116,6 +164,7 @@ def _network_class():
             self.inputs: list = []
             self.outputs: list[str] = []
             self.has_qdq = False
+            self.nodes: list[tuple] = []  # (TensorRT name, op, activation inputs, outputs, to)
 
         @property
         def num_inputs(self) -> int:
@@ -166,6 +215,11 @@ def _parser_class(major: int, trt):
             self.network.inputs = [types.SimpleNamespace(name=graph.input[0].name, shape=dims)]
             self.network.outputs = [o.name for o in graph.output]
             self.network.has_qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
+            inits = {t.name for t in graph.initializer}
+            self.network.nodes = [  # unnamed nodes: "node_of_<output>", as onnx-tensorrt does
+                (n.name or f"node_of_{n.output[0]}", n.op_type,
+                 [i for i in n.input if i and i not in inits], list(n.output),
+                 next((a.i for a in n.attribute if a.name == "to"), None)) for n in graph.node]
             return True
 
     return OnnxParser
@@ -180,7 +234,7 @@ class TimingCache:
 
 
 def _config_class(major: int, trt, owner: str):
-    slots = ["flags", "pool", "profiles", "_timing", "calibration_profile"]
+    slots = ["flags", "pool", "profiles", "_timing", "calibration_profile", "_verbosity"]
     if major < 11:
         slots.append("int8_calibrator")
 
@@ -190,8 +244,19 @@ def _config_class(major: int, trt, owner: str):
         def __init__(self):
             self.flags, self.pool, self.profiles, self._timing = set(), None, [], None
             self.calibration_profile = None
+            self._verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
             if major < 11:
                 self.int8_calibrator = None
+
+        @property
+        def profiling_verbosity(self):
+            return self._verbosity
+
+        @profiling_verbosity.setter
+        def profiling_verbosity(self, value) -> None:
+            if not isinstance(value, ProfilingVerbosity):
+                raise TypeError(f"profiling_verbosity: {value!r} is not a ProfilingVerbosity")
+            self._verbosity = value
 
         def set_memory_pool_limit(self, pool, size: int) -> None:
             if pool not in MemoryPoolType or size <= 0:
@@ -291,7 +356,9 @@ def _builder_class(major: int, trt, gpu: FakeGpu, network_cls):
                     "outputs": network.outputs, "flags": sorted(int(f) for f in config.flags),
                     "network_flags": network.flags, "pool": config.pool[1] if config.pool else None,
                     "profile": config.profiles[0].get_shape(tensor.name) if config.profiles
-                    else None, "calibrated_batches": calibrated}
+                    else None, "calibrated_batches": calibrated,
+                    "profiling_verbosity": int(config.profiling_verbosity),
+                    "layers": _engine_layers(network, _weak_type(trt, config, calibrated))}
             return memoryview(json.dumps(plan).encode())
 
     return Builder
@@ -333,7 +400,83 @@ def _calibrate(trt, gpu: FakeGpu, network, config, major: int) -> int | None:
     return count
 
 
-def _runtime_class(trt, gpu: FakeGpu):
+def _weak_type(trt, config, calibrated: int) -> str | None:
+    """What a weakly typed build runs the unquantized layers in: INT8 after implicit
+    calibration, FP16 with BuilderFlag.FP16, else None (as typed)."""
+    flags = vars(trt.BuilderFlag)
+    if calibrated:
+        return "INT8"
+    return "FP16" if "FP16" in flags and flags["FP16"] in config.flags else None
+
+
+_LAYER_TYPES = {"Conv": "CaskConvolution", "Mul": "PointWise", "ReduceSum": "Reduce",
+                "Cast": "Cast"}
+
+
+def _engine_layers(network, weak: str | None) -> list[dict]:
+    """The stand-in builder's layers (see the module docstring), in a plan-internal form:
+    tensors as [name, data type]; formats are spelled out when inspected."""
+    dtype = {network.inputs[0].name: "FP32"}
+    folded: dict[str, tuple[str, str]] = {}  # DQ output -> (its input, the DQ's name)
+    weights: dict[str, str] = {}  # a weight's DQ output -> the DQ's name
+    layers: list[dict] = []
+    for name, op, inputs, outputs, to in network.nodes:
+        if op in ("DequantizeLinear", "Identity"):
+            if inputs:
+                folded[outputs[0]] = (inputs[0], name)
+            else:  # of an initializer: a quantized weight, folded into the layer using it
+                weights[outputs[0]] = name
+            continue
+        parts = [weights[t] for t in inputs[1:] if t in weights]
+        read = []
+        for tensor in inputs[:1]:  # the activation the layer computes on
+            if tensor in folded:
+                tensor, dq = folded[tensor]
+                parts.append(dq)
+            if weak and dtype.get(tensor) == "FP32" and op != "QuantizeLinear":
+                tensor = _reformat(layers, dtype, tensor, weak, f"Input Tensor 0 to {name}")
+            read.append([tensor, dtype.get(tensor, "FP32")])
+        parts.append(name)
+        layer_name = " + ".join(parts)
+        if op == "QuantizeLinear":
+            out_type, kind, origin = "INT8", "Reformat", "QDQ"
+        elif op == "Cast":
+            out_type, kind, origin = ("FP16" if to == 10 else "FP32"), "Cast", ""
+        else:
+            first = read[0][1] if read else "FP32"
+            out_type = "FP32" if first == "INT8" else first  # int8 kernels write float out
+            kind, origin = _LAYER_TYPES[op], ""
+        dtype[outputs[0]] = out_type
+        layers.append({"name": layer_name, "type": kind, "origin": origin, "inputs": read,
+                       "outputs": [[outputs[0], out_type]], "onnx": parts,
+                       "tactic": f"stand_in_{kind.lower()}_{read[0][1].lower() if read else ''}"})
+        if outputs[0] in network.outputs and out_type == "FP16":
+            _reformat(layers, dtype, outputs[0], "FP32", f"Output Tensor 0 to {layer_name}")
+    return layers
+
+
+def _reformat(layers: list, dtype: dict, tensor: str, to: str, what: str) -> str:
+    copy = f"Reformatted {what}"
+    dtype[copy] = to
+    layers.append({"name": f"Reformatting CopyNode for {what}", "type": "Reformat",
+                   "origin": "REFORMAT", "inputs": [[tensor, dtype[tensor]]],
+                   "outputs": [[copy, to]], "onnx": [], "tactic": "stand_in_reformat"})
+    return copy
+
+
+_FORMATS = {"FP32": ("Float", "Row major linear FP32"),
+            "FP16": ("Half", "Channel major FP16 format where channel % 8 == 0"),
+            "INT8": ("Int8", "Thirty-two wide channel vectorized row major Int8 format")}
+_LAYER_MS = {"Reformat": 0.01, "CaskConvolution": 0.2, "PointWise": 0.05, "Reduce": 0.03,
+             "Cast": 0.01}  # per image; an int8 layer takes half
+
+
+def _layer_ms(layer: dict, images: int) -> float:
+    ms = _LAYER_MS[layer["type"]] * images
+    return ms / 2 if layer["inputs"] and layer["inputs"][0][1] == "INT8" else ms
+
+
+def _runtime_class(trt, gpu: FakeGpu, major: int):
     class Runtime:
         def __init__(self, logger):
             self.logger = logger
@@ -345,19 +488,27 @@ def _runtime_class(trt, gpu: FakeGpu):
                 return None
             if record.get("version") != trt.__version__:
                 return None  # an engine is tied to the TensorRT version that built it
-            return Engine(record, gpu)
+            return Engine(record, gpu, major)
 
     return Runtime
 
 
 class Engine:
-    def __init__(self, plan: dict, gpu: FakeGpu):
-        self.plan, self.gpu = plan, gpu
+    def __init__(self, plan: dict, gpu: FakeGpu, major: int = 10):
+        self.plan, self.gpu, self.major = plan, gpu, major
         self.names = [plan["input"], *plan["outputs"]]
 
     @property
     def num_io_tensors(self) -> int:
         return len(self.names)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.plan.get("layers", []))
+
+    @property
+    def profiling_verbosity(self) -> ProfilingVerbosity:
+        return ProfilingVerbosity(self.plan.get("profiling_verbosity", 0))
 
     def get_tensor_name(self, index: int) -> str:
         return self.names[index]
@@ -375,17 +526,146 @@ class Engine:
     def create_execution_context(self):
         return Context(self)
 
+    def create_engine_inspector(self):
+        return Inspector(self)
+
 
 def _output_shape(name: str, shape: tuple) -> tuple:
     return shape if name == "out" else (shape[0], 1)
 
 
+class Inspector:
+    """IEngineInspector over one engine (see the module docstring for its JSON)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self._context = engine, None
+
+    @property
+    def execution_context(self):
+        return self._context
+
+    @execution_context.setter
+    def execution_context(self, context) -> None:
+        if context is not None and not isinstance(context, Context):
+            raise TypeError(f"execution_context: {context!r} is not an IExecutionContext")
+        self._context = context
+
+    def get_layer_information(self, layer_index: int, format) -> str | None:  # noqa: A002
+        layers = self._layers(format)
+        if not 0 <= int(layer_index) < self.engine.num_layers:
+            return None  # the real one logs an error and returns nullptr
+        return self._dump(layers[int(layer_index)] if layers else {}, format)
+
+    def get_engine_information(self, format) -> str:  # noqa: A002 - TensorRT's name
+        record = {"Layers": self._layers(format)}
+        if self.engine.major >= 11:
+            record["I/O Tensors"] = [
+                {"Name": n, "IOMode": "Input" if n == self.engine.plan["input"] else "Output",
+                 "DataType": "Float", "Dimensions": list(self._dims(n)), "Location": "Device",
+                 "IsShapeInferenceIO": False} for n in self.engine.names]
+        else:
+            record["Bindings"] = list(self.engine.names)
+        return self._dump(record, format)
+
+    def _dump(self, record, format) -> str:  # noqa: A002
+        if format == LayerInformationFormat.JSON:
+            return json.dumps(record, indent=1)
+        return "\n".join(str(layer if isinstance(layer, str) else layer["Name"])
+                         for layer in record.get("Layers", [record]))
+
+    def _layers(self, format) -> list:  # noqa: A002
+        if not isinstance(format, LayerInformationFormat):
+            raise TypeError(f"format: {format!r} is not a LayerInformationFormat")
+        verbosity = self.engine.profiling_verbosity
+        layers = self.engine.plan.get("layers", [])
+        if verbosity == ProfilingVerbosity.NONE:
+            return []
+        if verbosity == ProfilingVerbosity.LAYER_NAMES_ONLY:
+            return [layer["name"] for layer in layers]
+        return [self._detailed(layer) for layer in layers]
+
+    def _dims(self, tensor: str) -> tuple:
+        context, plan = self._context, self.engine.plan
+        shape = tuple(context.shape) if context is not None and context.shape else \
+            tuple(plan["shape"])
+        return (shape[0], 1) if tensor == "score" else shape
+
+    def _tensor(self, tensor: str, dtype: str) -> dict:
+        entry = {"Name": tensor, "Location": "Device", "Dimensions": list(self._dims(tensor))}
+        known = self._context is not None and self._context.shape is not None
+        short, spelled = _FORMATS[dtype]
+        if self.engine.major >= 11:
+            entry.update({"Format": spelled} if known else {})
+            entry["DataType"] = short
+        else:
+            entry["Format/Datatype"] = spelled if known else short
+        return entry
+
+    def _detailed(self, layer: dict) -> dict:
+        entry = {"Name": layer["name"], "LayerType": layer["type"],
+                 "Inputs": [self._tensor(*t) for t in layer["inputs"]],
+                 "Outputs": [self._tensor(*t) for t in layer["outputs"]]}
+        if layer["origin"]:
+            entry["Origin"] = layer["origin"]
+        entry["Metadata"] = "\x1f".join(f"[ONNX Layer: {n}]" for n in layer["onnx"])
+        entry.update({"TacticName": layer["tactic"], "TacticValue": "0x0000000000000000"})
+        return entry
+
+
 class Context:
     def __init__(self, engine: Engine):
         self.engine, self.addresses, self.shape = engine, {}, None
+        self._profiler, self._pending = None, None
+        self.enqueue_emits_profile = True
+        self._nvtx = engine.profiling_verbosity
         static = tuple(engine.plan["shape"])
         if all(d > 0 for d in static):
             self.shape = static
+
+    @property
+    def profiler(self):
+        return self._profiler
+
+    @profiler.setter
+    def profiler(self, value) -> None:
+        if value is not None and not isinstance(value, IProfiler):
+            raise TypeError(f"profiler: {value!r} is not an IProfiler")
+        if value is not None and not getattr(value, "_initialised", False):
+            raise TypeError("IProfiler.__init__() must be called when overriding __init__")
+        self._profiler, self._pending = value, None
+
+    @property
+    def nvtx_verbosity(self) -> ProfilingVerbosity:
+        return self._nvtx
+
+    @nvtx_verbosity.setter
+    def nvtx_verbosity(self, value) -> None:
+        if not isinstance(value, ProfilingVerbosity):
+            raise TypeError(f"nvtx_verbosity: {value!r} is not a ProfilingVerbosity")
+        order = [ProfilingVerbosity.NONE, ProfilingVerbosity.LAYER_NAMES_ONLY,
+                 ProfilingVerbosity.DETAILED]
+        if order.index(value) <= order.index(self.engine.profiling_verbosity):
+            self._nvtx = value  # "may not be raised above" the build's
+
+    def report_to_profiler(self) -> bool:
+        if self._profiler is None:
+            return False
+        if self.enqueue_emits_profile:
+            return True  # the enqueue reported already
+        if self._pending is None or self._pending[0] not in self.engine.gpu.streams:
+            return False
+        self._report(self._pending[1])
+        self._pending = None
+        return True
+
+    def _report(self, times: list[tuple[str, float]]) -> None:
+        for name, ms in times:
+            self._profiler.report_layer_time(name, ms)
+
+    def _layer_times(self) -> list[tuple[str, float]]:
+        none = self.engine.profiling_verbosity == ProfilingVerbosity.NONE
+        return [(str(i) if none else layer["name"], _layer_ms(layer, self.shape[0]))
+                for i, layer in enumerate(self.engine.plan.get("layers", []))]
 
     def set_input_shape(self, name: str, shape) -> bool:
         shape = tuple(int(d) for d in shape)
@@ -421,4 +701,9 @@ class Context:
         for name in self.engine.plan["outputs"]:
             value = results[name].astype(np.float32)
             gpu.view(self.addresses[name], value.nbytes)[:] = value.reshape(-1).view(np.uint8)
+        if self._profiler is not None:
+            if self.enqueue_emits_profile:  # enqueue is then synchronous and reports itself
+                self._report(self._layer_times())
+            else:
+                self._pending = (int(stream_handle), self._layer_times())
         return True

@@ -51,6 +51,7 @@ def test_key_is_stable_and_file_name_safe():
     {"settings": builder_settings("fp16", "10.3.0.30", workspace_bytes=2 << 30)},
     {"settings": builder_settings("fp16", "10.3.0.30", image_size=320)},
     {"settings": builder_settings("fp32", "10.3.0.30")},
+    {"settings": builder_settings("fp16", "10.3.0.30", profiling_verbosity="DETAILED")},
 ])
 def test_key_changes_with_each_field(changes):
     assert identity(**changes).key != identity().key
