@@ -172,7 +172,10 @@ def layers_summary(rows: list[LayerError]) -> dict[str, Any]:
     finite = [r.sqnr_db for r in rows if math.isfinite(r.sqnr_db)]
     return {"tensors": len(rows),
             "median_sqnr_db": round(float(np.median(finite)), 3) if finite else None,
-            "worst_tensors": [{"tensor": r.tensor, "op": r.op, "sqnr_db": round(r.sqnr_db, 3),
+            # an exactly quantized tensor has an infinite SQNR: null in JSON, which has no inf
+            "worst_tensors": [{"tensor": r.tensor, "op": r.op,
+                               "sqnr_db": round(r.sqnr_db, 3) if math.isfinite(r.sqnr_db)
+                               else None,
                                "cosine": round(r.cosine, 6)} for r in worst(rows, SHOWN)]}
 
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from diag_helpers import true_amax
 
-from bench.diagnose.layers import layer_errors, plot_layers, worst, write_layers_csv
+from bench.diagnose.layers import LayerError, layer_errors, plot_layers, worst, write_layers_csv
 from bench.errors import InputDataError, ModelError
 from bench.quant.placement import KeepFloat, plan_quantization
 from bench.quant.qdq import write_qdq
@@ -106,3 +106,17 @@ def test_csv_and_plot(fp32_path, qdq_path, model, plan, amax, images, tmp_path):
     assert float(read[0]["sqnr_db"]) == pytest.approx(rows[0].sqnr_db, abs=1e-3)
     png = plot_layers({"tensorrt": rows, "cpu": other}, tmp_path / "layers.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_an_exactly_quantized_tensor_gives_a_summary_a_row_can_carry():
+    # SQNR is infinite where quantization was exact; JSON has no inf, and a row's extra
+    # must be JSON (bench.report.rows refuses NaN and inf), so the summary says null.
+    from bench.diagnose.session import layers_summary
+    from bench.report.rows import ResultRow
+
+    rows = [LayerError(0, "a", "conv_a", "Conv", math.inf, 1.0),
+            LayerError(1, "b", "conv_b", "Conv", 31.5, 0.9991)]
+    summary = layers_summary(rows)
+    assert summary["median_sqnr_db"] == 31.5
+    assert [t["sqnr_db"] for t in summary["worst_tensors"]] == [31.5, None]
+    ResultRow(variant="int8-max", status="ok", extra={"layers": summary})
