@@ -69,7 +69,7 @@ class BenchConfig:
     keep_float: tuple[str, ...] = KEEP_FLOAT_FLAGS
     power: str = "auto"
     power_interval_s: float = 0.05
-    bench_rounds: int = 50
+    bench_rounds: int = 60
     bench_warmup: int = 5
     results_dir: Path = Path("results")
     baseline: Path = Path("results/baseline.json")
@@ -79,7 +79,7 @@ class BenchConfig:
     floor_qat: float = 0.99
     map_tolerance: float = 0.005
     latency_tolerance: float = 0.05
-    latency_blocks: int = 10
+    latency_blocks: int = 15
     fail_inconclusive: bool = False
     evaluator: str = "faster"
     coco_lenient: bool = False
