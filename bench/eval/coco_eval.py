@@ -208,9 +208,25 @@ def _run_faster(coco_gt: Any, given: np.ndarray | list[dict], ids: list[int] | N
                 per_image: bool = False):
     fce = _faster_module()
     gt = _faster_gt(coco_gt)
-    return _summarised(fce.COCOeval_faster(gt, gt.loadRes(given), "bbox",
-                                           separate_eval=per_image,
+    dt = _faster_results(fce, gt, given) if isinstance(given, np.ndarray) else gt.loadRes(given)
+    return _summarised(fce.COCOeval_faster(gt, dt, "bbox", separate_eval=per_image,
                                            print_function=_silent), ids)
+
+
+def _faster_results(fce: Any, gt: Any, results: np.ndarray) -> Any:
+    """The results COCO that gt.loadRes(results) makes, for bbox evaluation, from one
+    tolist() of the array: loadRes indexes the array element by element and adds a
+    polygon to every detection, which bbox evaluation never reads (measured on the
+    default's 46k detections: 0.06 s against 0.12 s; the twelve figures identical, which
+    tests/eval check against pycocotools)."""
+    anns = [{"image_id": int(r[0]), "bbox": r[1:5], "score": r[5], "category_id": int(r[6]),
+             "area": r[3] * r[4], "id": i, "iscrowd": 0}
+            for i, r in enumerate(results.tolist(), 1)]
+    res = fce.COCO(print_function=_silent)
+    res.dataset = {"images": list(gt.dataset["images"]),
+                   "categories": gt.dataset.get("categories", []), "annotations": anns}
+    res.createIndex()
+    return res
 
 
 def _summarised(ev: Any, ids: list[int] | None) -> Any:
