@@ -44,11 +44,9 @@ def model_fingerprint(path: str | Path) -> str:
         raise ModelError(f"model {path}: empty file; expected an ONNX model")
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _MEMO:
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise ModelError(f"model {path}: not a readable ONNX file ({exc})") from None
-        _MEMO[memo] = model_proto_fingerprint(model)
+        from bench.onnx_file import load_model
+
+        _MEMO[memo] = model_proto_fingerprint(load_model(path))
     return _MEMO[memo]
 
 

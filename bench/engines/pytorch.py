@@ -112,12 +112,9 @@ class TorchEngine(Engine):
             raise EngineUnavailable("torch fp16 runs on CUDA only; got device 'cpu'")
 
     def _load_module(self) -> Any:
-        import onnx
+        from bench.onnx_file import load_model
 
-        try:
-            proto = onnx.load(str(self.model_path))
-        except Exception as exc:  # onnx raises DecodeError and friends
-            raise ModelError(f"model {self.model_path}: not a readable ONNX ({exc})") from None
+        proto = load_model(self.model_path)
         self._input_shape = _graph_input_shape(proto, self.model_path.name)
         from bench.models.onnx_torch import OnnxModule
 

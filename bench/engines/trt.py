@@ -323,13 +323,9 @@ class TrtEngine(Engine):
         return result.plan
 
     def _check_artifact(self, settings: BuilderSettings) -> None:
-        import onnx
+        from bench.onnx_file import load_model
 
-        try:
-            model = onnx.load(str(self.model_path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and friends
-            raise ModelError(f"model {self.model_path}: not a readable ONNX "
-                             f"({_first_line(exc)})") from None
+        model = load_model(self.model_path, weights=False)
         mismatch = onnx_kind_mismatch(model, settings.onnx)
         if mismatch:
             raise ConfigError(f"tensorrt artifact kind {settings.kind}: model "

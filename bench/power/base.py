@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 DEFAULT_INTERVAL_S = 0.1
@@ -42,11 +44,14 @@ class PowerReading:
     window_s: float | None = None
     samples: int = 0
     interval_s: float | None = None
-    rails: dict[str, float] = field(default_factory=dict)  # rail -> mean W
-    meta: dict[str, Any] = field(default_factory=dict)  # power mode, clocks, board, ...
+    rails: Mapping[str, float] = field(default_factory=dict)  # rail -> mean W
+    meta: Mapping[str, Any] = field(default_factory=dict)  # power mode, clocks, board, ...
     reason: str | None = None
 
     def __post_init__(self) -> None:
+        # read-only copies: a reading is a record, and the caller's dicts stay its own
+        object.__setattr__(self, "rails", MappingProxyType(dict(self.rails)))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
         if self.mean_w is None and not self.reason:
             raise ValueError("an empty PowerReading needs a reason")
         if self.reason and "\n" in self.reason:
