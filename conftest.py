@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             default=None, help="no progress bars")
             continue
         group.addoption("--" + name.replace("_", "-"), dest=f"bench_{name}", default=None,
-                        help=HELP[name])
+                        help=HELP[name].replace("%", "%%"))  # argparse formats help
     _benchmark_defaults.update(_defaults_of(parser.getgroup("benchmark")))
 
 

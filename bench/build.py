@@ -62,8 +62,10 @@ class BuildContext:
         return {"model": self.model_sha, "variant": variant, "bench": __version__,
                 **tool_versions(), **extra}
 
-    def quant_plan(self) -> tuple[Any, Any]:
-        return quant_plan(self.model_path, self.cfg.keep_float)
+    def quant_plan(self, float_nodes: tuple[str, ...] = ()) -> tuple[Any, Any]:
+        """The FP32 model and its plan: --keep-float, plus float_nodes (node names or
+        globs, e.g. int8-auto's groups for int8-qat --qat-plan auto) left float too."""
+        return quant_plan(self.model_path, (*self.cfg.keep_float, *float_nodes))
 
     @property
     def calibration_seconds(self) -> float | None:
@@ -71,11 +73,17 @@ class BuildContext:
         return self._histograms.seconds if self._histograms is not None else None
 
     def calibrate(self, plan: Any, method: str) -> dict[str, float]:
-        """amax per planned activation tensor; the histograms are collected once per run."""
+        """amax per planned activation tensor; the histograms are collected once per run
+        (a plan with a tensor the run's histograms lack gets a collection of its own)."""
         if self._histograms is None:
-            self._histograms = Histograms(self.model_path, self.calib_batches,
-                                          total=self.cfg.calib_count, progress=self.cfg.progress)
+            self._histograms = self._new_histograms()
+        if not self._histograms.covers(plan):
+            return self._new_histograms().amax(plan, method, self.cfg.percentile)
         return self._histograms.amax(plan, method, self.cfg.percentile)
+
+    def _new_histograms(self) -> Histograms:
+        return Histograms(self.model_path, self.calib_batches, total=self.cfg.calib_count,
+                          progress=self.cfg.progress)
 
 
 def build_variant(name: str, ctx: BuildContext) -> Artifact:

@@ -36,6 +36,7 @@ QDQ_PROFILES = ("tensorrt", "cpu")
 POWER_SOURCES = source_names()  # "auto" and the registered sources
 KEEP_FLOAT_FLAGS = ("first_conv", "head", "decode")
 EVALUATORS = ("faster", "pycocotools")
+QAT_PLANS = ("keep-float", "auto")  # what int8-qat keeps float: --keep-float, or int8-auto's
 MAX_IMGSZ = 4096  # above this a letterboxed batch alone takes gigabytes
 
 
@@ -84,6 +85,7 @@ class BenchConfig:
     evaluator: str = "faster"
     coco_lenient: bool = False
     qat_init: str = "best"
+    qat_plan: str = "keep-float"
     qat_iters: int | None = None
     qat_epochs: float | None = None
     qat_minutes: float | None = None
@@ -100,6 +102,7 @@ class BenchConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("power", self.power, source_names())
         _check_choice("qat_init", self.qat_init, qat_inits())
+        _check_choice("qat_plan", self.qat_plan, QAT_PLANS)
         _check_choice("evaluator", self.evaluator, EVALUATORS)
         if self.qdq_profile is not None:
             _check_choice("qdq_profile", self.qdq_profile, QDQ_PROFILES)
@@ -211,6 +214,9 @@ HELP = {
     "fail_inconclusive": "fail the gate when a latency comparison with the baseline is "
                          "inconclusive (its interval straddles the tolerance)",
     "qat_init": "PTQ calibration QAT starts from: mse, max, entropy, percentile, or best",
+    "qat_plan": "what int8-qat keeps float: keep-float (--keep-float only) or auto "
+                 "(int8-auto's groups as well, int8-auto built or taken from the cache first; "
+                 "the row fails if int8-auto cannot be built)",
     "qat_iters": "QAT optimiser steps of 8 images "
                  "(default: one pass over --qat-images, at least 200)",
     "qat_epochs": "QAT passes over the QAT images (instead of --qat-iters)",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,64 @@ def build_auto(spec: VariantSpec, ctx: BuildContext) -> Artifact:
         return _search_and_write(spec, ctx, subset, out)
 
     return ctx.cache.get_or_build("int8", parts, ".onnx", build)
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """int8-auto's plan as int8-qat --qat-plan auto takes it.
+
+    groups: the names of the groups int8-auto kept float (its meta's kept_float);
+    nodes: the KeepFloat.nodes that leave exactly those groups float;
+    sha256: the int8-auto artifact's hash (what the plan came from, for a cache key).
+    """
+
+    groups: tuple[str, ...]
+    nodes: tuple[str, ...]
+    sha256: str
+
+
+def auto_plan(ctx: BuildContext, option: str = "qat_plan") -> AutoPlan:
+    """Build (or take from the cache) the int8-auto artifact through the registry's builder
+    and return the plan it found. A failure is a ConfigError naming `option` -- never a
+    silent fall back to the --keep-float plan."""
+    from bench.build import build_variant
+    from bench.cache import file_sha256
+    from bench.engines.factory import skip_reason
+    from bench.errors import one_line
+    from bench.quant.placement import keep_float_nodes
+    from bench.variants import spec_of
+
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"option {option}: 'auto' takes int8-auto's plan, but int8-auto "
+                           f"could not be built: {why}; expected a run where int8-auto "
+                           f"builds, or --{option.replace('_', '-')} keep-float")
+
+    reason = skip_reason(ctx.cfg, spec_of("int8-auto"))
+    if reason:
+        raise refused(reason)
+    try:
+        artifact = build_variant("int8-auto", ctx)
+        names = artifact.meta["kept_float"]
+        groups = _groups_named(ctx.model_path, names)
+    except Exception as exc:  # an unavailable engine too: the int8-qat row fails, not skips
+        raise refused(one_line(exc)) from exc
+    return AutoPlan(tuple(names), keep_float_nodes(groups),
+                    artifact.sha256 or file_sha256(artifact.path))
+
+
+def _groups_named(model_path: Path, names: Sequence[str]) -> list[QuantGroup]:
+    """The groups of the nothing-float plan (what int8-auto searched) with these names."""
+    from bench.onnx_file import load_model
+    from bench.quant.placement import KeepFloat, plan_quantization, quant_groups
+
+    model = load_model(model_path)
+    by_name = {g.name: g for g in quant_groups(
+        model, plan_quantization(model, keep_float=KeepFloat(**NOTHING_FLOAT)))}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ModelError(f"int8-auto: kept-float group {unknown[0]!r} is not a group of the "
+                         "model's nothing-float plan; expected the groups it searched")
+    return [by_name[n] for n in names]
 
 
 def _search_and_write(spec: VariantSpec, ctx: BuildContext, subset: Any,

@@ -50,6 +50,10 @@ class Histograms:
             self.seconds = time.perf_counter() - start
         return self._hists
 
+    def covers(self, plan: QuantPlan) -> bool:
+        """Whether the histograms (once collected) hold every tensor plan quantizes."""
+        return self._hists is None or set(plan.activation_tensors) <= set(self._hists)
+
     def amax(self, plan: QuantPlan, method: str, percentile: float) -> dict[str, float]:
         """amax per planned activation tensor by one calibration method."""
         return {name: float(compute_amax(hist, method, percentile=percentile))

@@ -399,14 +399,15 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
     # torch's version from package metadata: importing torch costs a second on a warm run.
     from bench.quant.qdq import FORMAT_VERSION
 
+    float_nodes, plan_key, plan_meta = _plan_source(ctx)
     parts = ctx.key_parts(spec.name, init=init, profile=ctx.cfg.profile, calib=ctx.calib_id,
                           qat_images=ctx.qat_calib_id, keep_float=list(ctx.cfg.keep_float),
                           torch=_torch_version(), settings=settings.__dict__,
-                          fixed_batch=ctx.fixed_batch, qdq_format=FORMAT_VERSION)
+                          fixed_batch=ctx.fixed_batch, qdq_format=FORMAT_VERSION, **plan_key)
 
     def build(out: Path) -> dict[str, Any]:
         started = time.perf_counter()
-        model, plan = ctx.quant_plan()
+        model, plan = ctx.quant_plan(float_nodes)
         amax = ctx.calibrate(plan, init)
         # Letterboxed images come from uint8 pixels: kept as uint8 they take a quarter of
         # the memory (512 images at 640 px: 629 MB instead of 2.5 GB), exactly.
@@ -415,7 +416,7 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
         result = run_qat(model, plan, amax, images, settings, profile=ctx.cfg.profile,
                          progress=ctx.cfg.progress, fixed_batch=ctx.fixed_batch)
         onnx.save(write_qdq(result.model, plan, result.amax, profile=ctx.cfg.profile), str(out))
-        return {"init": init, "kept": result.kept, "steps": result.steps,
+        return {"init": init, **plan_meta, "kept": result.kept, "steps": result.steps,
                 "train_s": round(result.seconds, 1),
                 "qat_s": round(time.perf_counter() - started, 1),
                 "loss_first": result.loss_first, "loss_last": result.loss_last,
@@ -427,6 +428,21 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
                 "learn_scales": settings.learn_scales}
 
     return ctx.cache.get_or_build("qat", parts, ".onnx", build)
+
+
+def _plan_source(ctx: Any) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+    """What QAT keeps float beyond --keep-float (--qat-plan): (node globs, cache-key parts,
+    meta). keep-float adds nothing (and no key part: its artifacts keep their keys); auto
+    adds int8-auto's kept groups, built or taken from the cache first, keyed by that
+    artifact's hash and groups so that a changed plan trains again."""
+    if ctx.cfg.qat_plan == "keep-float":
+        return (), {}, {"plan": "keep-float"}
+    from bench.diagnose.auto import auto_plan
+
+    found = auto_plan(ctx)
+    plan = {"auto_sha256": found.sha256, "kept_float": list(found.groups)}
+    return found.nodes, {"plan": {"from": "int8-auto", **plan}}, \
+        {"plan": "auto", **plan, "keep_float": list(ctx.cfg.keep_float)}
 
 
 def _image_counts(result: QatResult, settings: QatSettings) -> dict[str, Any]:

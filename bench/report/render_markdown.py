@@ -107,11 +107,13 @@ def gate_section(rows: list[ResultRow]) -> list[str]:
 
 def diagnosis_section(rows: list[ResultRow]) -> list[str]:
     """Per INT8 row diagnosed (--diagnose): int8 % of conv FLOPs and the worst tensors; per
-    int8-auto row: the groups it kept float. Nothing when no row has either."""
+    int8-auto row (and int8-qat --qat-plan auto): the groups it kept float. Nothing when no
+    row has either."""
     lines: list[str] = []
     for row in rows:
         found = (row.extra or {}).get("diagnosis") or {}
-        kept = ((row.extra or {}).get("artifact_meta") or {}).get("kept_float")
+        meta = (row.extra or {}).get("artifact_meta") or {}
+        kept = meta.get("kept_float")
         if not found and kept is None:
             continue
         pct = found.get("int8_pct")
@@ -121,13 +123,22 @@ def diagnosis_section(rows: list[ResultRow]) -> list[str]:
         worst = ", ".join(f"{md(t['tensor'])} {t['sqnr_db']:.1f} dB"
                           for t in found.get("worst_tensors", []))
         lines += [f"  - worst tensors (SQNR): {worst}"] if worst else []
-        lines += [f"  - kept float: {md(', '.join(kept)) or 'nothing'}"] if kept is not None else []
+        lines += [f"  - kept float: {md(', '.join(kept)) or 'nothing'}{_plan_note(meta)}"] \
+            if kept is not None else []
         lines += [f"  - _{md(found[k])}_" for k in ("profile_error", "profile_note", "layers_error")
                   if k in found]
     if not lines:
         return []
     return ["<details><summary>Diagnosis (INT8 rows)</summary>", "", *lines, "", "</details>",
             ""]
+
+
+def _plan_note(meta: dict) -> str:
+    """' (int8-auto's plan, with --keep-float head)' for int8-qat --qat-plan auto."""
+    if meta.get("plan") != "auto":
+        return ""
+    flags = ", ".join(meta.get("keep_float") or []) or "nothing"
+    return md(f" (int8-auto's plan, with --keep-float {flags})")
 
 
 def environment_section(run: Run) -> list[str]:

@@ -34,3 +34,18 @@ def fp32_path(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "fp32.onnx"
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def mini_detector(tmp_path_factory):
+    """tests/quant/yolo_like.py's 32 px graph (3 classes, 26 groups: the search stays
+    fast) mapped onto the first three categories of the generated dataset."""
+    import json
+
+    from bench.data.synthetic import CATEGORIES
+
+    folder = tmp_path_factory.mktemp("mini")
+    onnx.save(build_yolo_like(), str(folder / "mini.onnx"))
+    mapping = {str(i): CATEGORIES[i][0] for i in range(3)}
+    (folder / "classes.json").write_text(json.dumps(mapping))
+    return folder / "mini.onnx", folder / "classes.json"

@@ -37,21 +37,6 @@ def test_int8_auto_is_registered_off_the_default_matrix():
     assert "int8-auto" not in default_variants()
 
 
-@pytest.fixture(scope="module")
-def mini_detector(tmp_path_factory):
-    """tests/quant/yolo_like.py's 32 px graph (3 classes, 26 groups: the search stays
-    fast) mapped onto the first three categories of the generated dataset."""
-    import json
-
-    from bench.data.synthetic import CATEGORIES
-
-    folder = tmp_path_factory.mktemp("mini")
-    onnx.save(build_yolo_like(), str(folder / "mini.onnx"))
-    mapping = {str(i): CATEGORIES[i][0] for i in range(3)}
-    (folder / "classes.json").write_text(json.dumps(mapping))
-    return folder / "mini.onnx", folder / "classes.json"
-
-
 def test_int8_auto_searches_records_its_plan_and_is_cached(tmp_path, mini_detector, tiny_coco):
     model, classes = mini_detector
     session = _session(tmp_path, model, tiny_coco, class_map=str(classes))
