@@ -136,9 +136,9 @@ class BenchSession:
                          prepared.accuracy, measurement, self._provenance(),
                          build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra,
                          spent_s=prepared.spent_s)
-            matches = prepared.accuracy.matches
-            row = self._store(self._with_delta_ci(row, matches), matches)
-            self._keep_detections(row, prepared.accuracy)
+            accuracy = prepared.accuracy
+            row = self._store(self._with_delta_ci(row, accuracy.matches), accuracy)
+            self._keep_detections(row, accuracy)
             return row
         except Exception as exc:
             self._failed(prepared.variant, exc)
@@ -176,12 +176,13 @@ class BenchSession:
         self._store(failed_row(variant, self._identity(), message))
         return Prepared(variant, "failed", reason=message)
 
-    def _store(self, row: ResultRow, matches: object | None = None) -> ResultRow:
+    def _store(self, row: ResultRow, accuracy: AccuracyResult | None = None) -> ResultRow:
         spec = spec_of(row.variant)
         if row.ok and spec.builder == "ptq" and row.map is not None:
             self.run.build_context().ptq_maps[spec.calibrator] = row.map
         fp32 = self.rows.get(REFERENCE) if row.variant != REFERENCE else None
-        self.rows[row.variant] = judged = self.judge().judge(row, fp32, matches)
+        scored = (accuracy.matches, accuracy.results) if accuracy is not None else (None, None)
+        self.rows[row.variant] = judged = self.judge().judge(row, fp32, *scored)
         return judged
 
     def _keep_detections(self, row: ResultRow, accuracy: AccuracyResult) -> None:

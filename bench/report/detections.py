@@ -173,9 +173,11 @@ class BaselineDetections:
         self._problem: str | None = None
         self._checked = False
 
-    def __call__(self, row: ResultRow, base: ResultRow, matches: object | None
-                 ) -> Interval | str:
-        """The CI of row.map − base.map, or why there is none."""
+    def __call__(self, row: ResultRow, base: ResultRow, matches: object | None,
+                 results: np.ndarray | None = None) -> Interval | str:
+        """The CI of row.map − base.map, or why there is none. matches: the row's
+        MatchTable; results: the array it was scored from (when the baseline's equals it,
+        as for an unchanged model, its evaluation is the row's own: not run again)."""
         from bench.eval.bootstrap import MatchTable, delta_map_ci
 
         if not isinstance(matches, MatchTable):
@@ -184,11 +186,12 @@ class BaselineDetections:
         if problem:
             return problem
         try:
-            results = self._read(base.variant)
-            if results is None:
+            stored = self._read(base.variant)
+            if stored is None:
                 return f"{NO_DETECTIONS} for {base.variant}"
-            table = self.rescore(results)
-            del results
+            same = results is not None and np.array_equal(stored, results)
+            table = matches if same else self.rescore(stored)
+            del stored
             again = float(table.ap()[0])
             if base.map is not None and abs(again - base.map) > REPRODUCE_TOLERANCE:
                 return (f"the baseline's detections of {base.variant} score mAP {again:.4f} "

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from bench.measure.stats import Interval
 
 BLOCKS_KEY = "blocks"  # extra: {"variant_ms": [...], "reference_ms": [...], "probe_ms": [...]}
-# (row, its baseline row, the row's per-image matches or None) -> the CI of
-# row.map − base.map, or why there is none (bench.report.detections.BaselineDetections)
-BaselineCI = Callable[[ResultRow, ResultRow, object | None], "Interval | str"]
+# (row, its baseline row, the row's per-image matches and its results array, or None) ->
+# the CI of row.map − base.map, or why there is none (bench.report.detections)
+BaselineCI = Callable[[ResultRow, ResultRow, "object | None", "np.ndarray | None"],
+                      "Interval | str"]
 NOT_HERE = "only the suite's run re-scores the baseline's detections"
 
 
@@ -105,13 +106,14 @@ class Judge:
         self.fail_inconclusive = fail_inconclusive
         self.baseline_ci = baseline_ci
 
-    def judge(self, row: ResultRow, fp32: ResultRow | None,
-              matches: object | None = None) -> ResultRow:
-        """row judged against fp32 and the baseline; matches: its per-image matches
-        (bench.eval.bootstrap.MatchTable), for the CI against the baseline."""
+    def judge(self, row: ResultRow, fp32: ResultRow | None, matches: object | None = None,
+              results: np.ndarray | None = None) -> ResultRow:
+        """row judged against fp32 and the baseline; matches (its per-image matches,
+        bench.eval.bootstrap.MatchTable) and results (the results array they came from)
+        are what the CI against the baseline pairs."""
         row = relative_to_fp32(row, fp32)
         base = match_baseline_row(row, self.baseline.rows) if self.baseline else None
-        row = self._against_baseline(row, base, matches)
+        row = self._against_baseline(row, base, matches, results)
         gate = evaluate_gate(row, fp32, base, self._comparability(row, base), self.gate,
                              fail_inconclusive=self.fail_inconclusive)
         return dataclasses.replace(row, gate=gate)
@@ -129,12 +131,13 @@ class Judge:
         return row_comparability(row, base, self.environment, self.baseline.environment)
 
     def _against_baseline(self, row: ResultRow, base: ResultRow | None,
-                          matches: object | None = None) -> ResultRow:
+                          matches: object | None = None,
+                          results: np.ndarray | None = None) -> ResultRow:
         row = _without_baseline_ci(row)  # a stored row's was against another judgement
         if base is None or not base.ok or not row.ok:
             return row
         changes: dict[str, Any] = map_against_baseline(row, base)
-        changes.update(self._map_ci(row, base, changes, matches))
+        changes.update(self._map_ci(row, base, changes, matches, results))
         comparable = self._comparability(row, base)
         if comparable.comparable:
             changes.update(latency_against_baseline(row, base, self.gate.latency_growth))
@@ -143,7 +146,7 @@ class Judge:
         return dataclasses.replace(row, **changes)
 
     def _map_ci(self, row: ResultRow, base: ResultRow, changes: Mapping[str, Any],
-                matches: object | None) -> dict[str, Any]:
+                matches: object | None, results: np.ndarray | None) -> dict[str, Any]:
         """baseline_map_low/high, or extra[BASELINE_CI_KEY] saying why there are none."""
         if "baseline_map_delta" not in changes:
             return {}  # no mAP on one side: the gate says so
@@ -153,7 +156,7 @@ class Judge:
             found = NOT_HERE
         else:
             try:
-                found = self.baseline_ci(row, base, matches)
+                found = self.baseline_ci(row, base, matches, results)
             except Exception as exc:  # the CI is shown, never judged: it must not fail a row
                 found = f"could not be computed ({one_line(exc)})"
         if not isinstance(found, str) and not math.isfinite(found.low + found.high):

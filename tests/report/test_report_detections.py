@@ -164,7 +164,7 @@ def test_a_judged_run_gets_the_paired_ci_of_its_change_against_the_baseline(tmp_
     target = tmp_path / "results" / "baseline.json"
     promote_run(base_run(tmp_path, base, base_map), target, results_dir=tmp_path / "results")
     row = judge_with(target, gt, ids, evaluator).judge(
-        make_row("int8-max", map=now_map, eval_images=100), None, now_table)
+        make_row("int8-max", map=now_map, eval_images=100), None, now_table, now)
 
     by_hand = delta_map_ci(now_table, evaluate_for_bootstrap(gt, base, ids, evaluator=evaluator))
     delta = row.baseline_map_delta
@@ -197,9 +197,19 @@ def test_identical_detections_give_zero_with_a_zero_width_interval(tmp_path, coc
     base_map, table = scored(gt, ids, base)
     target = tmp_path / "results" / "baseline.json"
     promote_run(base_run(tmp_path, base, base_map), target, results_dir=tmp_path / "results")
-    row = judge_with(target, gt, ids).judge(make_row("int8-max", map=base_map), None, table)
-    assert (row.baseline_map_delta, row.baseline_map_low, row.baseline_map_high) == (0, 0, 0)
-    assert map_note(row).endswith("(Δ +0.0000, 95 % CI +0.0000…+0.0000)")
+    judge = judge_with(target, gt, ids)
+    rescored = []
+    rescore = judge.baseline_ci.rescore
+    judge.baseline_ci.rescore = lambda arr: rescored.append(len(arr)) or rescore(arr)
+    # given the array it scored, an unchanged variant's own evaluation is reused...
+    same = judge.judge(make_row("int8-max", map=base_map), None, table, base.copy())
+    assert rescored == []
+    # ...and scoring the baseline's array again gives the same
+    again = judge.judge(make_row("int8-max", map=base_map), None, table)
+    assert rescored == [len(base)]
+    for row in (same, again):
+        assert (row.baseline_map_delta, row.baseline_map_low, row.baseline_map_high) == (0, 0, 0)
+        assert map_note(row).endswith("(Δ +0.0000, 95 % CI +0.0000…+0.0000)")
 
 
 def _v2_report(row: ResultRow) -> dict:
@@ -278,7 +288,7 @@ def test_a_detections_record_pointing_elsewhere_is_refused(tmp_path):
 
 
 def test_a_ci_that_cannot_be_computed_never_fails_the_row(tmp_path):
-    def broken(row, base, matches):
+    def broken(row, base, matches, results):
         raise RuntimeError("evaluator crashed")
 
     baseline = Run(make_env(), (make_row("int8-max", map=0.6),), True, "t")
