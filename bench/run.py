@@ -120,7 +120,20 @@ class RunContext:
             engine.infer_streams(cfg.eval_streams), inputs.dataset, imgsz=inputs.imgsz,
             batch=cfg.eval_batch, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
             eval_count=cfg.eval_count, progress=cfg.progress, fixed_batch=inputs.fixed_batch,
-            cache=self.letterboxed(), label=label, evaluator=cfg.evaluator, keep_matches=True)
+            cache=self.letterboxed(), label=label, evaluator=cfg.evaluator, keep_matches=True,
+            keep_results=True)
+
+    def score(self, results: np.ndarray):
+        """A results array scored as the accuracy pass scores its own (the run's images,
+        annotations and evaluator): the MatchTable of the paired bootstrap
+        (bench.eval.bootstrap), e.g. for a baseline's stored detections."""
+        from bench.eval.accuracy import select_ids
+        from bench.eval.bootstrap import evaluate_for_bootstrap
+
+        inputs, cfg = self.inputs(), self.cfg
+        return evaluate_for_bootstrap(inputs.dataset.coco, results,
+                                      select_ids(inputs.dataset, cfg.eval_count),
+                                      evaluator=cfg.evaluator)
 
     def end_to_end(self, engine: Engine) -> Callable[[], object]:
         """One image through pre-processing (letterbox of the decoded image), infer, and

@@ -31,6 +31,8 @@ from bench.run import RunContext
 from bench.variants import REFERENCE, report_order, spec_of
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from bench.cache import Artifact
     from bench.diagnose.session import Diagnoser
     from bench.engines.base import Engine
@@ -75,6 +77,8 @@ class BenchSession:
         self._judge: Judge | None = None
         self._environment: dict[str, Any] | None = None
         self._fp32_matches: object | None = None  # fp32's per-image matches (bootstrap)
+        # each ok row's scored detections, held until finish() writes detections.npz
+        self._detections: dict[str, np.ndarray] = {}
         self.diagnoser: Diagnoser | None = None  # --diagnose (bench/diagnose/session.py)
 
     def prepare(self, variant: str) -> Prepared:
@@ -132,7 +136,10 @@ class BenchSession:
                          prepared.accuracy, measurement, self._provenance(),
                          build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra,
                          spent_s=prepared.spent_s)
-            return self._store(self._with_delta_ci(row, prepared.accuracy.matches))
+            accuracy = prepared.accuracy
+            row = self._store(self._with_delta_ci(row, accuracy.matches), accuracy)
+            self._keep_detections(row, accuracy)
+            return row
         except Exception as exc:
             self._failed(prepared.variant, exc)
             return self.rows[prepared.variant]
@@ -169,13 +176,19 @@ class BenchSession:
         self._store(failed_row(variant, self._identity(), message))
         return Prepared(variant, "failed", reason=message)
 
-    def _store(self, row: ResultRow) -> ResultRow:
+    def _store(self, row: ResultRow, accuracy: AccuracyResult | None = None) -> ResultRow:
         spec = spec_of(row.variant)
         if row.ok and spec.builder == "ptq" and row.map is not None:
             self.run.build_context().ptq_maps[spec.calibrator] = row.map
         fp32 = self.rows.get(REFERENCE) if row.variant != REFERENCE else None
-        self.rows[row.variant] = judged = self.judge().judge(row, fp32)
+        scored = (accuracy.matches, accuracy.results) if accuracy is not None else (None, None)
+        self.rows[row.variant] = judged = self.judge().judge(row, fp32, *scored)
         return judged
+
+    def _keep_detections(self, row: ResultRow, accuracy: AccuracyResult) -> None:
+        """An ok row's scored detections, for the run folder (the same array, no copy)."""
+        if row.ok and accuracy.results is not None:
+            self._detections[row.variant] = accuracy.results
 
     def _with_delta_ci(self, row: ResultRow, matches: object | None) -> ResultRow:
         if row.variant == REFERENCE:
@@ -197,7 +210,8 @@ class BenchSession:
         from bench.report.judge import Judge
 
         if self._judge is None:
-            self._judge = Judge.from_config(self.cfg, self.environment())
+            self._judge = Judge.from_config(self.cfg, self.environment(),
+                                            rescore=self.run.score)
         return self._judge
 
     # -- the end --------------------------------------------------------------------------
@@ -230,10 +244,15 @@ class BenchSession:
         ordered = [self.rows[v] for v in report_order(list(self.rows))]
         run_dir = run_dir or Path(self.cfg.results_dir) / "runs" / new_run_id()
         judge = self.judge()
-        return write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
-                         results_dir=Path(self.cfg.results_dir),
-                         thresholds=judge.gate.describe(), baseline=judge.baseline,
-                         baseline_source=str(self.cfg.baseline), diagnosis=self.diagnoser)
+        detections = {v: self._detections[v] for v in report_order(list(self._detections))
+                      if v in self.rows and self.rows[v].ok}
+        written = write_run(run_dir, self.environment(), ordered, benchmark_json, complete,
+                            results_dir=Path(self.cfg.results_dir),
+                            thresholds=judge.gate.describe(), baseline=judge.baseline,
+                            baseline_source=str(self.cfg.baseline), diagnosis=self.diagnoser,
+                            detections=detections)
+        self._detections.clear()  # written: the arrays are not needed any more
+        return written
 
 
 def benchmark_extra_info(row: ResultRow) -> dict[str, Any]:

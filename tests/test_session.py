@@ -141,3 +141,30 @@ def test_nothing_measured_is_said(tmp_path, tiny_detector, tiny_coco):
     session = _session(tmp_path, tiny_detector, tiny_coco, variants="trt-minmax")
     _run(session, "trt-minmax")
     assert session.nothing_measured().startswith("nothing measured: every variant skipped")
+
+
+def test_a_promoted_run_gives_the_next_run_a_baseline_ci(tmp_path, tiny_detector, tiny_coco):
+    import numpy as np
+
+    from bench.report.baseline import load_baseline, promote_run
+    from bench.report.detections import DETECTIONS_NAME
+
+    first = _session(tmp_path, tiny_detector, tiny_coco, variants="fp32")
+    scored = _run(first, "fp32")
+    run_dir = first.finish(None, complete=True)
+    assert first._detections == {}  # written, then let go
+    report = json.loads((run_dir / "report.json").read_text())
+    assert DETECTIONS_NAME in report["files"]
+    assert report["detections"]["variants"]["fp32"] > 0
+    with np.load(run_dir / DETECTIONS_NAME) as stored:
+        assert stored["fp32"].shape == (report["detections"]["variants"]["fp32"], 7)
+    # judged before any baseline existed: nothing to pair with
+    assert scored.baseline_map_low is None
+
+    promote_run(run_dir, tmp_path / "baseline.json", results_dir=tmp_path / "results")
+    assert load_baseline(tmp_path / "baseline.json").detections is not None
+    again = _run(_session(tmp_path, tiny_detector, tiny_coco, variants="fp32"), "fp32")
+    assert again.eval_fingerprint == scored.eval_fingerprint
+    assert again.baseline_map_low <= again.baseline_map_delta <= again.baseline_map_high
+    note = next(n for n in again.gate.notes if "baseline" in n and "mAP" in n)
+    assert "95 % CI" in note, note

@@ -60,7 +60,9 @@ class AccuracyResult:
     the time the streams sat idle waiting for a prepared batch (near 0 when prefetching
     keeps up). evaluator: which COCOeval scored it ("faster" or "pycocotools");
     n_detections: the detections it scored; write_seconds: the part of eval_seconds
-    spent writing the results JSON (0 without results_path).
+    spent writing the results JSON (0 without results_path). matches (keep_matches) and
+    results (keep_results: the [n, 7] results array scored, RESULT_COLUMNS) are held for
+    the session, which keeps the array only until the run folder is written.
     """
 
     metrics: Mapping[str, float]
@@ -78,6 +80,8 @@ class AccuracyResult:
     write_seconds: float = 0.0
     # per-image matches for the paired bootstrap of ΔmAP (keep_matches=True); not compared
     matches: object | None = field(default=None, compare=False, repr=False)
+    # the results array scored (keep_results=True), for the run folder's detections.npz
+    results: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if set(self.metrics) != set(METRIC_KEYS):
@@ -240,6 +244,7 @@ def run_accuracy(
     label: str = "accuracy",
     evaluator: str = DEFAULT_EVALUATOR,
     keep_matches: bool = False,
+    keep_results: bool = False,
 ) -> AccuracyResult:
     """Run the model over the evaluation images and score it with COCOeval.
 
@@ -249,7 +254,8 @@ def run_accuracy(
     COCO results JSON. cache: share one LetterboxCache between the passes of a session
     (same dataset). evaluator: "faster" (faster-coco-eval, the default) or "pycocotools"
     (the reference), checked before any inference runs. progress: a bar with images/s
-    and the time left.
+    and the time left. keep_matches: the per-image matches for the paired bootstrap;
+    keep_results: the results array itself (~56 bytes a detection), both on the result.
     """
     from bench.progress import bar as progress_bar
 
@@ -293,6 +299,7 @@ def run_accuracy(
         n_detections=len(results),
         write_seconds=write_s,
         matches=matches,
+        results=results if keep_results else None,
     )
 
 

@@ -94,16 +94,66 @@ def _check_promotable(run: Run, allow_failed: bool) -> None:
         raise InputDataError(f"{run.name}: no ok rows; nothing to use as a baseline")
 
 
-def promote(run_dir: str | Path, baseline_path: Path, allow_failed: bool = False,
-            results_dir: Path = Path("results")) -> Path:
-    """Copy a complete run's report to the baseline file atomically; returns its path.
+@dataclass(frozen=True)
+class Promotion:
+    """What `bench baseline promote` did: the baseline written, and its detections
+    sidecar (or why it has none) in one line."""
+
+    path: Path
+    detections: str
+
+
+def promote_run(run_dir: str | Path, baseline_path: Path, allow_failed: bool = False,
+                results_dir: Path = Path("results")) -> Promotion:
+    """Copy a complete run's report to the baseline file atomically, its detections beside
+    it (bench.report.detections: a sidecar whose sha256 the baseline records).
 
     `run_dir` may be a run dir, a report.json, 'latest' or a run id. Refuses a partial run
-    and (unless allow_failed) a run with failed rows; the old baseline stays intact then,
-    and also if writing fails.
+    and (unless allow_failed) a run with failed rows; the old baseline and its sidecar stay
+    intact then, and also if writing fails. A run without detections is promoted all the
+    same (ΔmAP against it then has no CI, which the promotion says).
     """
+    from bench.report.detections import copy_sidecar
+
     run = load_run(run_dir, results_dir)
     _check_promotable(run, allow_failed)
     source = run.run_id or str(run.path.parent if run.path else run_dir)
-    data = replace(run, promoted_from=source).to_dict()
-    return atomic_write_text(Path(baseline_path), json.dumps(data, indent=2) + "\n")
+    target = Path(baseline_path)
+    old = _old_sidecar(target)
+    sidecar = copy_sidecar(run, target)  # a name of its own: the old one is untouched
+    data = replace(run, promoted_from=source, detections=sidecar.record).to_dict()
+    try:
+        written = atomic_write_text(target, json.dumps(data, indent=2) + "\n")
+    except BaseException:
+        if sidecar.path is not None and sidecar.path != old:
+            _remove_quietly(sidecar.path)
+        raise
+    if old is not None and old != sidecar.path:
+        _remove_quietly(old)  # the old baseline's, now referenced by nothing
+    return Promotion(written, sidecar.note)
+
+
+def promote(run_dir: str | Path, baseline_path: Path, allow_failed: bool = False,
+            results_dir: Path = Path("results")) -> Path:
+    """promote_run, returning the baseline's path."""
+    return promote_run(run_dir, baseline_path, allow_failed, results_dir).path
+
+
+def _old_sidecar(baseline_path: Path) -> Path | None:
+    """The current baseline's sidecar, if it has one named as promote names them (an
+    unreadable baseline has none; a file of another name is never removed)."""
+    from bench.report.detections import detections_file, is_sidecar_name
+
+    try:
+        old = load_baseline(baseline_path)
+    except InputDataError:
+        return None
+    path = detections_file(old) if old is not None else None
+    return path if path is not None and is_sidecar_name(baseline_path, path.name) else None
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        Path(path).unlink()
+    except OSError:
+        pass

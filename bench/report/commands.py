@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.config import BenchConfig, load_config
 from bench.errors import BenchError
-from bench.report.baseline import comparability, promote
+from bench.report.baseline import comparability, promote_run
 from bench.report.gate import gate_passed
 from bench.report.render_compare import compare_renderable
 from bench.report.render_markdown import render_markdown
@@ -86,9 +86,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 @one_line_errors("baseline promote")
 def cmd_promote(args: argparse.Namespace) -> int:
     target = args.to if args.to is not None else args.results / "baseline.json"
-    written = promote(locate(args.run, args.results), target, allow_failed=args.allow_failed,
-                      results_dir=args.results)
-    print(f"promoted {args.run} -> {written}")
+    done = promote_run(locate(args.run, args.results), target, allow_failed=args.allow_failed,
+                       results_dir=args.results)
+    print(f"promoted {args.run} -> {done.path}")
+    print(done.detections)
     return EXIT_OK
 
 

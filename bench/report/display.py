@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report.rows import PAIRED_KEY, ResultRow
+from bench.report.rows import BASELINE_CI_KEY, NOT_COMPARABLE, PAIRED_KEY, ResultRow
 
 EMPTY = "—"
 MINUS = "−"
@@ -91,7 +91,7 @@ def _vs_baseline_map(row: ResultRow, base: ResultRow | None) -> Any:
         return None
     if row.baseline_map_verdict == "not comparable":
         return "n/c"  # another evaluation (images, size, thresholds): never compared
-    return row.map - base.map
+    return _with_ci(row.map - base.map, row.baseline_map_low, row.baseline_map_high)
 
 
 # The latency verdict against the baseline in one mark beside the change.
@@ -130,13 +130,16 @@ def _speedup_cell(row: ResultRow, base: ResultRow | None) -> Any:
     return _with_pm(s, half, f"{s:.2f}×")
 
 
+def _with_ci(delta: float, low: float | None, high: float | None) -> str:
+    """A ΔmAP with its CI's half-width, e.g. "−0.004±.003" (the CI itself: report.csv)."""
+    if low is None or high is None:
+        return signed(delta)
+    return f"{signed(delta)}±{(high - low) / 2:.3f}".replace("±0.", "±.")
+
+
 def _delta_cell(row: ResultRow, base: ResultRow | None) -> Any:
     d = row.delta_map_vs_fp32
-    if d is None:
-        return None
-    if row.delta_map_low is None or row.delta_map_high is None:
-        return signed(d)
-    return f"{signed(d)}±{(row.delta_map_high - row.delta_map_low) / 2:.3f}".replace("±0.", "±.")
+    return None if d is None else _with_ci(d, row.delta_map_low, row.delta_map_high)
 
 
 def _text(value: Any) -> str:
@@ -281,12 +284,29 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
         notes.append("speedup: median of fp32 block / variant block, timed interleaved "
                      "(fp32, variant, fp32, ...) so the machine's drift cancels; "
                      "± is the 95 % CI (latency: of the median)")
+    notes += _baseline_ci_notes(rows)
     unpaired = [r for r in rows if (r.extra or {}).get("fp32_unavailable")
                 or (r.extra or {}).get("fp32_paired_error")]
     if unpaired:
         names = ", ".join(r.variant for r in unpaired)
         why = unpaired[0].extra.get("fp32_unavailable") or unpaired[0].extra["fp32_paired_error"]
         notes.append(f"speedup of {names}: against the fp32 row, not paired ({why})")
+    return notes
+
+
+def _baseline_ci_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """What ± means in the baseline's ΔmAP column, and why rows lack it (one note a reason)."""
+    notes = []
+    if any(r.baseline_map_low is not None for r in rows):
+        notes.append("ΔmAP base: ± is half the 95 % paired bootstrap CI over images (this "
+                     "run's detections against the baseline's, scored on the same images)")
+    why: dict[str, list[str]] = {}
+    for r in rows:
+        reason = (r.extra or {}).get(BASELINE_CI_KEY)
+        if reason and reason != NOT_COMPARABLE:
+            why.setdefault(str(reason), []).append(r.variant)
+    notes += [f"ΔmAP base of {', '.join(names)}: no CI ({reason})"
+              for reason, names in why.items()]
     return notes
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.errors import ConfigError
 from bench.report.baseline import Comparability, comparability
-from bench.report.rows import REFERENCE_VARIANT, Gate, ResultRow
+from bench.report.rows import BASELINE_CI_KEY, REFERENCE_VARIANT, Gate, ResultRow
 from bench.report.runs import Run
 
 # Keyed by floor group (VariantSpec.floor); a variant name or a name prefix ending in '-'
@@ -146,10 +146,21 @@ def _baseline_map_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: GateC
         v.notes.append(f"mAP not comparable with the baseline: {_evaluation_difference(row, base)}")
         return
     limit = base.map - cfg.map_drop_abs
-    text = f"baseline {base.map:.4f} − {cfg.map_drop_abs:g} = {limit:.4f}"
-    # A tiny epsilon: a drop of exactly the tolerance passes despite float rounding.
+    text = f"baseline {base.map:.4f} − {cfg.map_drop_abs:g} = {limit:.4f}{_baseline_ci(row, base)}"
+    # A tiny epsilon: a drop of exactly the tolerance passes despite float rounding. The
+    # CI is shown, never used: the tolerance is the rule.
     failed = row.map < limit - 1e-12
     v.check(failed, f"mAP {row.map:.4f} < {text}", f"mAP {row.map:.4f} ≥ {text}")
+
+
+def _baseline_ci(row: ResultRow, base: ResultRow) -> str:
+    """' (Δ +0.0012, 95 % CI -0.0009…+0.0031)', or the Δ with why there is no CI."""
+    delta = row.map - base.map
+    if row.baseline_map_low is not None and row.baseline_map_high is not None:
+        return (f" (Δ {delta:+.4f}, 95 % CI {row.baseline_map_low:+.4f}…"
+                f"{row.baseline_map_high:+.4f})")
+    why = (row.extra or {}).get(BASELINE_CI_KEY)
+    return f" (Δ {delta:+.4f}; no CI: {why})" if why else f" (Δ {delta:+.4f})"
 
 
 def _evaluation_difference(row: ResultRow, base: ResultRow) -> str:

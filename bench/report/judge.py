@@ -7,7 +7,10 @@ bench.report.assemble); the judge adds
   and the speedup (median of paired block ratios, with its CI; the fp32 row's median when
   the row has no paired blocks, e.g. an old report);
 - against the baseline: mAP only between identical evaluations (same fingerprint), else
-  "not comparable"; latency as a three-way verdict on probe-normalised blocks
+  "not comparable", with a paired bootstrap CI over images when the judge has a source of
+  them (baseline_ci: the suite's re-scores the baseline's stored detections,
+  bench.report.detections) and the reason where it has none, shown and never used to
+  pass or fail; latency as a three-way verdict on probe-normalised blocks
   (bench.measure.stats.compare_to_baseline), "not comparable" when the probe moved;
 - the gate: floors are hard thresholds; a regression fails; an inconclusive latency
   verdict fails only when asked (fail_inconclusive); a floor that could not be checked
@@ -17,23 +20,30 @@ bench.report.assemble); the judge adds
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.measure.stats import compare_to_baseline, normalised_latency, paired_ratio
 from bench.report.gate import GateConfig, evaluate_gate, match_baseline_row, row_comparability
-from bench.report.rows import REFERENCE_VARIANT, ResultRow
+from bench.report.rows import BASELINE_CI_KEY, NOT_COMPARABLE, REFERENCE_VARIANT, ResultRow
 from bench.report.runs import Run
 
 if TYPE_CHECKING:
     import numpy as np
 
     from bench.config import BenchConfig
+    from bench.measure.stats import Interval
 
 BLOCKS_KEY = "blocks"  # extra: {"variant_ms": [...], "reference_ms": [...], "probe_ms": [...]}
+# (row, its baseline row, the row's per-image matches and its results array, or None) ->
+# the CI of row.map − base.map, or why there is none (bench.report.detections)
+BaselineCI = Callable[[ResultRow, ResultRow, "object | None", "np.ndarray | None"],
+                      "Interval | str"]
+NOT_HERE = "only the suite's run re-scores the baseline's detections"
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,19 @@ class Judge:
     """Judges rows one at a time (as the suite produces them) or a whole run."""
 
     @classmethod
-    def from_config(cls, cfg: BenchConfig, environment: Mapping[str, Any]) -> Judge:
-        """The suite's judge: the configured thresholds and the configured baseline."""
+    def from_config(cls, cfg: BenchConfig, environment: Mapping[str, Any],
+                    rescore: Callable[[np.ndarray], Any] | None = None) -> Judge:
+        """The suite's judge: the configured thresholds and the configured baseline.
+        rescore (results array -> MatchTable on this run's evaluation, RunContext.score)
+        gives ΔmAP against the baseline its CI from the baseline's stored detections."""
         from bench.report.baseline import load_baseline
+        from bench.report.detections import BaselineDetections
 
         baseline = load_baseline(Path(cfg.baseline))
+        source = (BaselineDetections(baseline, rescore)
+                  if baseline is not None and rescore is not None else None)
         judge = cls(gate_config(cfg), baseline, environment,
-                    fail_inconclusive=cfg.fail_inconclusive)
+                    fail_inconclusive=cfg.fail_inconclusive, baseline_ci=source)
         judge.baseline_path = str(cfg.baseline)
         return judge
 
@@ -84,15 +100,20 @@ class Judge:
 
     def __init__(self, gate: GateConfig, baseline: Run | None = None,
                  environment: Mapping[str, Any] | None = None, *,
-                 fail_inconclusive: bool = False):
+                 fail_inconclusive: bool = False, baseline_ci: BaselineCI | None = None):
         self.gate, self.baseline = gate, baseline
         self.environment = dict(environment or {})
         self.fail_inconclusive = fail_inconclusive
+        self.baseline_ci = baseline_ci
 
-    def judge(self, row: ResultRow, fp32: ResultRow | None) -> ResultRow:
+    def judge(self, row: ResultRow, fp32: ResultRow | None, matches: object | None = None,
+              results: np.ndarray | None = None) -> ResultRow:
+        """row judged against fp32 and the baseline; matches (its per-image matches,
+        bench.eval.bootstrap.MatchTable) and results (the results array they came from)
+        are what the CI against the baseline pairs."""
         row = relative_to_fp32(row, fp32)
         base = match_baseline_row(row, self.baseline.rows) if self.baseline else None
-        row = self._against_baseline(row, base)
+        row = self._against_baseline(row, base, matches, results)
         gate = evaluate_gate(row, fp32, base, self._comparability(row, base), self.gate,
                              fail_inconclusive=self.fail_inconclusive)
         return dataclasses.replace(row, gate=gate)
@@ -109,16 +130,48 @@ class Judge:
             return Comparability(False, "no baseline")
         return row_comparability(row, base, self.environment, self.baseline.environment)
 
-    def _against_baseline(self, row: ResultRow, base: ResultRow | None) -> ResultRow:
+    def _against_baseline(self, row: ResultRow, base: ResultRow | None,
+                          matches: object | None = None,
+                          results: np.ndarray | None = None) -> ResultRow:
+        row = _without_baseline_ci(row)  # a stored row's was against another judgement
         if base is None or not base.ok or not row.ok:
             return row
         changes: dict[str, Any] = map_against_baseline(row, base)
+        changes.update(self._map_ci(row, base, changes, matches, results))
         comparable = self._comparability(row, base)
         if comparable.comparable:
             changes.update(latency_against_baseline(row, base, self.gate.latency_growth))
         else:
             changes["baseline_latency_verdict"] = "not comparable"
         return dataclasses.replace(row, **changes)
+
+    def _map_ci(self, row: ResultRow, base: ResultRow, changes: Mapping[str, Any],
+                matches: object | None, results: np.ndarray | None) -> dict[str, Any]:
+        """baseline_map_low/high, or extra[BASELINE_CI_KEY] saying why there are none."""
+        if "baseline_map_delta" not in changes:
+            return {}  # no mAP on one side: the gate says so
+        if changes.get("baseline_map_verdict") == "not comparable":
+            found: Interval | str = NOT_COMPARABLE
+        elif self.baseline_ci is None:
+            found = NOT_HERE
+        else:
+            try:
+                found = self.baseline_ci(row, base, matches, results)
+            except Exception as exc:  # the CI is shown, never judged: it must not fail a row
+                found = f"could not be computed ({one_line(exc)})"
+        if not isinstance(found, str) and not math.isfinite(found.low + found.high):
+            found = "no resample had a ground truth"
+        if isinstance(found, str):
+            return {"extra": {**row.extra, BASELINE_CI_KEY: found}}
+        return {"baseline_map_low": found.low, "baseline_map_high": found.high}
+
+
+def _without_baseline_ci(row: ResultRow) -> ResultRow:
+    stale = (row.baseline_map_low, row.baseline_map_high) != (None, None)
+    if not stale and BASELINE_CI_KEY not in (row.extra or {}):
+        return row
+    extra = {k: v for k, v in (row.extra or {}).items() if k != BASELINE_CI_KEY}
+    return dataclasses.replace(row, baseline_map_low=None, baseline_map_high=None, extra=extra)
 
 
 def relative_to_fp32(row: ResultRow, fp32: ResultRow | None) -> ResultRow:

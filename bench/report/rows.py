@@ -22,6 +22,9 @@ REFERENCE_VARIANT = "fp32"
 # extra key: the fp32 median latency (ms) timed in windows just before and after a row's
 # own, which its speedup_vs_fp32 divides (machine speed drifts between variants).
 PAIRED_KEY = "fp32_paired_median_ms"
+# extra key: why a row judged against a comparable baseline has no CI of its ΔmAP against it
+BASELINE_CI_KEY = "baseline_map_ci_missing"
+NOT_COMPARABLE = "not comparable"  # its value when the evaluations differ
 # The twelve COCO summary figures, in COCOeval.stats order.
 MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
               "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
@@ -32,7 +35,8 @@ NON_NEGATIVE_FIELDS = (
 POSITIVE_FIELDS = ("throughput_ips", "speedup_vs_fp32", "speedup_low", "speedup_high",
                    "probe_ms", "baseline_latency_ratio", "baseline_latency_low",
                    "baseline_latency_high")
-DELTA_FIELDS = ("delta_map_vs_fp32", "delta_map_low", "delta_map_high", "baseline_map_delta")
+DELTA_FIELDS = ("delta_map_vs_fp32", "delta_map_low", "delta_map_high", "baseline_map_delta",
+                "baseline_map_low", "baseline_map_high")
 COUNT_FIELDS = ("artifact_bytes", "eval_images")
 TEXT_FIELDS = (
     "error", "reason", "model", "backend", "device", "power_source", "power_reason", "artifact",
@@ -208,6 +212,10 @@ class ResultRow:
     baseline_latency_high: float | None = None
     baseline_latency_verdict: str | None = None
     baseline_map_delta: float | None = None
+    # paired bootstrap CI over images of baseline_map_delta: this run's detections against
+    # the baseline's stored ones, re-scored on the same images (bench.report.detections)
+    baseline_map_low: float | None = None
+    baseline_map_high: float | None = None
     baseline_map_verdict: str | None = None
     eval_fingerprint: str | None = None
     calib_fingerprint: str | None = None

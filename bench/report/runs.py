@@ -1,9 +1,10 @@
 """A whole run as stored in report.json, and finding and reading one.
 
 report.json = {schema_version, run_id, environment, complete, created, rows: [...],
-files, baseline}. results/baseline.json is a promoted run's report.json (plus
-promoted_from). A committed baseline must survive a schema change, so every older
-version is migrated when read (MIGRATIONS), never refused.
+files, baseline, detections}. results/baseline.json is a promoted run's report.json (plus
+promoted_from; its detections name the sidecar beside it). A committed baseline must
+survive a schema change, so every older version is migrated when read (MIGRATIONS), never
+refused.
 
 Format history:
 - 1: the first format.
@@ -12,6 +13,11 @@ Format history:
   a version-1 row reads as is); the gate gains warnings; the run records the files it
   wrote (report.json is written last, so a run with it is complete on disk) and the
   baseline it was judged against.
+- 3: the run records the detections it scored (detections: the file, its sha256, the
+  columns and the detections per variant; bench.report.detections), and rows gain the
+  paired bootstrap CI of the change against the baseline (baseline_map_low/high). All
+  optional: a version-2 report reads as is, and version-2 code refuses a version-3 file
+  by its version instead of by an unknown key.
 """
 
 from __future__ import annotations
@@ -25,18 +31,22 @@ from typing import Any
 from bench.errors import InputDataError
 from bench.report.rows import ResultRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 REPORT_NAME = "report.json"
 REQUIRED_KEYS = ("schema_version", "environment", "complete", "created", "rows")
-OPTIONAL_KEYS = ("run_id", "promoted_from", "files", "baseline")
+OPTIONAL_KEYS = ("run_id", "promoted_from", "files", "baseline", "detections")
 
 
 def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}  # every field added in 2 is optional
 
 
+def _from_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "schema_version": 3}  # every field added in 3 is optional
+
+
 # version -> function turning that version's report into the next version's
-MIGRATIONS = {1: _from_v1}
+MIGRATIONS = {1: _from_v1, 2: _from_v2}
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,9 @@ class Run:
     promoted_from: str | None = None
     files: tuple[str, ...] | None = None  # what the run wrote beside report.json
     baseline: Mapping[str, Any] | None = None  # the baseline it was judged against
+    # the detections it scored: {file, sha256, columns, variants: {name: count}}, the file
+    # beside report.json (a baseline's: its sidecar beside baseline.json)
+    detections: Mapping[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)  # the report.json it came from
 
     @property
@@ -69,6 +82,8 @@ class Run:
             out["files"] = list(self.files)
         if self.baseline is not None:
             out["baseline"] = dict(self.baseline)
+        if self.detections is not None:
+            out["detections"] = dict(self.detections)
         return out
 
     def missing_files(self) -> list[str]:
@@ -115,6 +130,20 @@ def _parse_rows(rows: list, source: str) -> tuple[ResultRow, ...]:
     return tuple(parsed)
 
 
+def _detections(top: Mapping[str, Any], source: str) -> Mapping[str, Any] | None:
+    found = top.get("detections")
+    if found is None:
+        return None
+    name = found.get("file") if isinstance(found, Mapping) else None
+    # a plain name: the file lies beside the report, never elsewhere
+    plain = (isinstance(name, str) and name not in ("", ".", "..")
+             and Path(name).name == name and "\\" not in name)
+    if not plain or not isinstance(found.get("sha256"), str):
+        raise InputDataError(f"{source}: 'detections' is {found!r}, expected an object with "
+                             "'file' (a name beside the report) and 'sha256'")
+    return dict(found)
+
+
 def parse_report(data: object, source: str, path: Path | None = None) -> Run:
     """Validate a decoded report.json; errors name `source` and what is wrong."""
     top = _check_top(data, source)
@@ -123,7 +152,7 @@ def parse_report(data: object, source: str, path: Path | None = None) -> Run:
                complete=top["complete"], created=top["created"], run_id=top.get("run_id"),
                promoted_from=top.get("promoted_from"),
                files=tuple(top["files"]) if top.get("files") is not None else None,
-               baseline=top.get("baseline"), path=path)
+               baseline=top.get("baseline"), detections=_detections(top, source), path=path)
 
 
 def read_report(path: Path) -> Run:

@@ -83,7 +83,9 @@ def test_baseline_promote_cli(results_dir, write_report_only, capsys):
     assert bench("baseline", "promote", "r1", "--allow-failed", "--to", str(target),
                  "--results", str(results_dir)) == 0
     assert json.loads(target.read_text())["promoted_from"] == "r1"
-    assert "promoted r1 ->" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "promoted r1 ->" in out
+    assert "no detections: r1 has no detections.npz" in out  # said plainly, not refused
 
 
 def test_compare_takes_run_paths_as_the_readme_writes_them(results_dir, write_report_only,

@@ -72,13 +72,13 @@ def test_missing_fp32_leaves_floor_unchecked_with_a_visible_warning():
 def test_baseline_map_regression_fails():
     gate = judge(make_row("fp16", map=0.605), base=make_row("fp16", map=0.611))
     assert gate.passed is False
-    assert "mAP 0.6050 < baseline 0.6110 − 0.005 = 0.6060" in gate.reasons
+    assert "mAP 0.6050 < baseline 0.6110 − 0.005 = 0.6060 (Δ -0.0060)" in gate.reasons
 
 
 def test_baseline_map_within_tolerance_passes():
     gate = judge(make_row("fp16", map=0.607), base=make_row("fp16", map=0.611))
     assert gate.passed is True
-    assert "mAP 0.6070 ≥ baseline 0.6110 − 0.005 = 0.6060" in gate.notes
+    assert "mAP 0.6070 ≥ baseline 0.6110 − 0.005 = 0.6060 (Δ -0.0040)" in gate.notes
 
 
 def test_latency_not_compared_when_not_comparable():
@@ -128,7 +128,8 @@ def test_gate_rows_uses_run_fp32_and_baseline_environment():
             make_row("int8-max", map=0.59, latency_ms=lat(9.0), **same)]
     judged = gate_rows(rows, make_env(), baseline)
     assert [r.gate.passed for r in judged] == [True, False]  # latency ignored: other CPU
-    assert "mAP 0.5900 < baseline 0.6000 − 0.005 = 0.5950" in judged[1].gate.reasons
+    assert ("mAP 0.5900 < baseline 0.6000 − 0.005 = 0.5950 (Δ -0.0100; no CI: only the "
+            "suite's run re-scores the baseline's detections)") in judged[1].gate.reasons
     notes = judged[0].gate.notes
     assert any(n.startswith("latency not comparable: host.cpu differs") for n in notes)
     assert not gate_passed(judged)

@@ -96,4 +96,5 @@ def test_map_against_the_same_evaluation_is_compared():
     then = make_row("fp32", map=0.64, eval_fingerprint="same", eval_images=100)
     row = judged(now, then)
     assert row.gate.passed is False
-    assert "mAP 0.6000 < baseline 0.6400 − 0.005 = 0.6350" in row.gate.reasons
+    assert row.gate.reasons[0].startswith("mAP 0.6000 < baseline 0.6400 − 0.005 = 0.6350 "
+                                          "(Δ -0.0400")

@@ -55,7 +55,8 @@ def test_markdown_shows_the_change_against_the_baseline():
     md = render_markdown(run, baseline=base, baseline_source="results/baseline.json")
     assert "| int8-max¹ | 0.590 | −0.022 | 9.00 | 2.22× | −0.010 | +12.5 % ▲ | ❌ FAIL |" in md
     assert md.splitlines()[0] == ("### ❌ Gate failed: int8-max: mAP 0.5900 \\< baseline "
-                                  "0.6000 − 0.005 = 0.5950")
+                                  "0.6000 − 0.005 = 0.5950 (Δ -0.0100; no CI: only the "
+                                  "suite's run re-scores the baseline's detections)")
     assert "(results/baseline.json)" in md
 
 

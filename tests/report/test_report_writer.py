@@ -28,7 +28,7 @@ def test_write_run_writes_every_file_and_latest(results_dir, write_standard_run)
     run_dir = write_standard_run("r1")
     assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
     data = json.loads((run_dir / "report.json").read_text())
-    assert data["schema_version"] == 2 and data["complete"] is True
+    assert data["schema_version"] == 3 and data["complete"] is True
     assert set(data) >= {"environment", "created", "rows", "files"}
     assert sorted(data["files"]) == sorted(set(RUN_FILES) - {"report.json"})
     assert (results_dir / "latest").is_symlink()
@@ -105,8 +105,8 @@ def _refuse_symlink(*_args):
     ("[]", "expected a JSON object, got list"),
     ('{"schema_version": 1, "environment": {}, "complete": true, "created": "t"}',
      "missing key 'rows'"),
-    ('{"schema_version": 3, "environment": {}, "complete": true, "created": "t", "rows": []}',
-     "schema_version 3 not supported, expected 2 or older"),
+    ('{"schema_version": 4, "environment": {}, "complete": true, "created": "t", "rows": []}',
+     "schema_version 4 not supported, expected 3 or older"),
     ('{"schema_version": 1, "environment": {}, "complete": "yes", "created": "t", "rows": []}',
      "'complete' is str, expected bool"),
     ('{"schema_version": 1, "environment": {}, "complete": true, "created": "t",'
