@@ -116,6 +116,7 @@ def test_nvml_takes_the_engines_gpu_by_pci_bus_id(monkeypatch):
     assert NvmlSampler.unavailable_reason(PowerOptions(cuda_device="cuda:0")) is None
     sampler = make_sampler("nvml", interval_s=0.02, cuda_device="cuda:0")
     sampler.start()
+    time.sleep(0.15)  # a few sampling intervals, even on loaded cores (a window needs samples)
     reading = sampler.stop()
     assert reading.reason is None, reading.reason
     assert reading.meta["gpu_name"] == "GPU at 00000000:3b:00.0"
@@ -123,4 +124,5 @@ def test_nvml_takes_the_engines_gpu_by_pci_bus_id(monkeypatch):
     assert reading.mean_w == pytest.approx(51.0, rel=0.05)  # NVML index 1's power
     by_index = make_sampler("nvml", interval_s=0.02)  # no engine device: NVML's GPU 0
     by_index.start()
+    time.sleep(0.15)
     assert by_index.stop().meta["gpu_name"] == "GPU at 00000000:1a:00.0"
