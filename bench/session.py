@@ -55,7 +55,7 @@ class Prepared:
     accuracy: AccuracyResult | None = None
     build_s: float = 0.0
     calib_s: float | None = None
-    spent_s: dict[str, float] | None = None  # this run's seconds: build (or cache), engine open
+    spent_s: dict[str, float] | None = None  # this run's seconds: build, engine open, diagnosis
 
     def close(self) -> None:
         if self.engine is not None:
@@ -131,7 +131,10 @@ class BenchSession:
             extra = variant_extra(engine.extra_info(), prepared.artifact, prepared.accuracy,
                                   self.run.inputs().imgsz)
             extra.update(self.refs.notes(), **({"run_as": note} if note else {}))
+            began = time.perf_counter()
             extra.update(self._diagnosis(prepared))
+            if self.cfg.diagnose and prepared.spent_s is not None:
+                prepared.spent_s["diagnosis"] = time.perf_counter() - began
             row = ok_row(prepared.variant, self._identity(), prepared.artifact,
                          prepared.accuracy, measurement, self._provenance(),
                          build_s=prepared.build_s, calib_s=prepared.calib_s, extra=extra,
