@@ -27,6 +27,7 @@ from bench.report.assemble import (
     variant_extra,
     with_delta_ci,
 )
+from bench.report.judge import PROBE_KEY
 from bench.run import RunContext
 from bench.variants import REFERENCE, report_order, spec_of
 
@@ -126,11 +127,15 @@ class BenchSession:
             engine = prepared.engine
             measurement = self.measurer.measure(
                 engine, self.run.staged_batch(), reference=self.refs.anchor(prepared.variant),
-                probe=self.refs.probe(), sampler=self.refs.sampler(), timer=timer or plain_timer,
+                probe=self.refs.probe(prepared.variant), sampler=self.refs.sampler(),
+                timer=timer or plain_timer,
                 end_to_end=self.run.end_to_end(engine))
             extra = variant_extra(engine.extra_info(), prepared.artifact, prepared.accuracy,
                                   self.run.inputs().imgsz)
             extra.update(self.refs.notes(), **({"run_as": note} if note else {}))
+            probe = self.refs.probe_identity(prepared.variant)
+            if probe is not None:
+                extra[PROBE_KEY] = probe
             began = time.perf_counter()
             extra.update(self._diagnosis(prepared))
             if self.cfg.diagnose and prepared.spent_s is not None:

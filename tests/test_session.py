@@ -36,6 +36,9 @@ def test_variants_build_evaluate_and_report(tmp_path, tiny_detector, tiny_coco):
         int8.map - fp32.map)
     assert int8.power_source == "none" and int8.power_w is None and int8.power_reason
     assert int8.artifact_bytes > 0 and Path(int8.artifact).is_file()
+    # each row is normalised by the probe of its precision, and says which
+    assert fp32.extra["probe"]["kind"] == "fp32" and int8.extra["probe"]["kind"] == "int8"
+    assert int8.extra["probe"]["profile"] == session.cfg.profile
 
     run_dir = session.finish(None, complete=True)
     report = json.loads((run_dir / "report.json").read_text())

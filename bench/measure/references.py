@@ -29,7 +29,7 @@ class References:
     def __init__(self, run: RunContext):
         self.run, self.cfg = run, run.cfg
         self._anchor: Engine | None = None
-        self._probe: Engine | None = None
+        self._probes: dict[str, Engine] = {}  # probe kind (bench.measure.probe) -> engine
         self.errors: dict[str, str] = {}  # "fp32" / "probe" -> why it could not open
         self.runtime: dict[str, str | None] = {}  # the first engine's version and device
         self._power_source: Any = None  # the source "auto" picked, or its NoneSampler
@@ -63,25 +63,39 @@ class References:
                 return None
         return self._anchor
 
-    def probe(self) -> tuple[Engine, np.ndarray] | None:
-        """The speed probe on the run's backend and threads, with its fixed input."""
-        from bench.measure.probe import probe_batch, probe_model_path
+    def probe(self, variant: str) -> tuple[Engine, np.ndarray] | None:
+        """The speed probe for this variant's precision (bench.measure.probe.probe_kind) on
+        the run's backend and threads, with its fixed input."""
+        from bench.measure.probe import probe_batch, probe_file, probe_kind
 
-        if "probe" in self.errors:
+        kind = probe_kind(spec_of(variant).artifact)
+        key = "probe" if kind == "fp32" else f"probe_{kind}"
+        if key in self.errors:
             return None
-        if self._probe is None:
+        if kind not in self._probes:
             try:
-                path = probe_model_path(Path(self.cfg.cache_dir) / "probe")
-                self._probe = self._open_probe(path)
+                path = probe_file(Path(self.cfg.cache_dir) / "probe", kind, self.cfg.profile)
+                self._probes[kind] = self._open_probe(path, kind)
             except Exception as exc:
-                self.errors["probe"] = one_line(exc)
+                self.errors[key] = one_line(exc)
                 return None
-        return self._probe, probe_batch()
+        return self._probes[kind], probe_batch()
 
-    def _open_probe(self, path: Path) -> Engine:
+    def probe_identity(self, variant: str) -> dict[str, str] | None:
+        """Which probe normalised this variant's row (None when none was timed)."""
+        from bench.measure.probe import probe_kind, row_probe_identity
+
+        kind = probe_kind(spec_of(variant).artifact)
+        if kind not in self._probes:
+            return None
+        return row_probe_identity(kind, self.cfg.profile)
+
+    def _open_probe(self, path: Path, kind: str) -> Engine:
         from bench.engines.factory import make_engine
 
-        return make_engine(self.cfg, spec_of(REFERENCE), path).activate()
+        # the INT8 probe is a Q/DQ graph: opened as a Q/DQ variant is (TensorRT builds INT8)
+        spec = spec_of(REFERENCE if kind == "fp32" else "int8-max")
+        return make_engine(self.cfg, spec, path).activate()
 
     def sampler(self) -> Sampler:
         """A fresh sampler per window; "auto" probes the sources once per run."""
@@ -103,7 +117,7 @@ class References:
         return {f"{name}_unavailable": why for name, why in self.errors.items()}
 
     def close(self) -> None:
-        for engine in (self._anchor, self._probe):
+        for engine in (self._anchor, *self._probes.values()):
             if engine is not None:
                 engine.deactivate()
-        self._anchor = self._probe = None
+        self._anchor, self._probes = None, {}

@@ -186,8 +186,11 @@ def _baseline_latency_check(v: _Verdict, row: ResultRow, base: ResultRow, cfg: G
         return
     text = latency_message(row, cfg.latency_growth)
     if kind == "not comparable":
-        v.notes.append("latency not comparable: no probe-normalised blocks on both sides, or "
-                       "the speed probe itself moved (another machine or power mode)")
+        why = (row.extra or {}).get("latency_not_comparable") or (
+            "no probe-normalised blocks on both sides, or the speed probe itself moved "
+            "(another machine or power mode)")
+        v.notes.append(why if why.startswith("latency not comparable") else
+                       f"latency not comparable: {why}")
     elif kind == "regression":
         v.reasons.append(text)
     elif kind == "inconclusive":

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from bench.measure.stats import Interval
 
 BLOCKS_KEY = "blocks"  # extra: {"variant_ms": [...], "reference_ms": [...], "probe_ms": [...]}
+# extra: which probe normalised the row (bench.measure.probe.row_probe_identity)
+PROBE_KEY = "probe"
+LATENCY_WHY_KEY = "latency_not_comparable"  # extra: why latency could not be compared
 # (row, its baseline row, the row's per-image matches and its results array, or None) ->
 # the CI of row.map − base.map, or why there is none (bench.report.detections)
 BaselineCI = Callable[[ResultRow, ResultRow, "object | None", "np.ndarray | None"],
@@ -140,7 +143,10 @@ class Judge:
         changes.update(self._map_ci(row, base, changes, matches, results))
         comparable = self._comparability(row, base)
         if comparable.comparable:
-            changes.update(latency_against_baseline(row, base, self.gate.latency_growth))
+            latency = latency_against_baseline(row, base, self.gate.latency_growth)
+            if "extra" in latency and "extra" in changes:  # both add to the row's extra
+                latency["extra"] = {**changes["extra"], **latency["extra"]}
+            changes.update(latency)
         else:
             changes["baseline_latency_verdict"] = "not comparable"
         return dataclasses.replace(row, **changes)
@@ -167,10 +173,12 @@ class Judge:
 
 
 def _without_baseline_ci(row: ResultRow) -> ResultRow:
+    """The row without what an earlier judgement against a baseline left in it."""
+    keys = (BASELINE_CI_KEY, LATENCY_WHY_KEY)
     stale = (row.baseline_map_low, row.baseline_map_high) != (None, None)
-    if not stale and BASELINE_CI_KEY not in (row.extra or {}):
+    if not stale and not any(k in (row.extra or {}) for k in keys):
         return row
-    extra = {k: v for k, v in (row.extra or {}).items() if k != BASELINE_CI_KEY}
+    extra = {k: v for k, v in (row.extra or {}).items() if k not in keys}
     return dataclasses.replace(row, baseline_map_low=None, baseline_map_high=None, extra=extra)
 
 
@@ -207,8 +215,15 @@ def map_against_baseline(row: ResultRow, base: ResultRow) -> dict[str, Any]:
 def latency_against_baseline(row: ResultRow, base: ResultRow,
                              tolerance: float) -> dict[str, Any]:
     now, then = _normalised(row), _normalised(base)
+    why = None
     if now is None or then is None:
-        return {"baseline_latency_verdict": "not comparable"}
+        why = f"no probe-normalised blocks in {'this run' if now is None else 'the baseline'}"
+    elif _probe_of(row) != _probe_of(base):
+        why = (f"normalised by another speed probe ({_probe_name(row)} here, "
+               f"{_probe_name(base)} in the baseline)")
+    if why is not None:
+        return {"baseline_latency_verdict": "not comparable",
+                "extra": {**(row.extra or {}), LATENCY_WHY_KEY: why}}
     verdict = compare_to_baseline(now, then, tolerance=tolerance, probe_now=_probe_speed(row),
                                   probe_baseline=_probe_speed(base))
     changes: dict[str, Any] = {"baseline_latency_verdict": verdict.kind}
@@ -216,7 +231,16 @@ def latency_against_baseline(row: ResultRow, base: ResultRow,
         changes.update(baseline_latency_ratio=verdict.ratio.estimate,
                        baseline_latency_low=verdict.ratio.low,
                        baseline_latency_high=verdict.ratio.high)
+    else:
+        changes["extra"] = {**(row.extra or {}), LATENCY_WHY_KEY: verdict.message}
     return changes
+
+
+def _probe_name(row: ResultRow) -> str:
+    probe = _probe_of(row)
+    if probe is None:
+        return "the run's FP32 probe (not recorded per row)"
+    return f"the {probe.get('kind')} probe {str(probe.get('sha256', ''))[:12]}"
 
 
 def latency_message(row: ResultRow, tolerance: float) -> str | None:
@@ -242,6 +266,14 @@ def _signed_pct(ratio: float | None) -> str:
 def _blocks(row: ResultRow) -> Mapping[str, Sequence[float]] | None:
     blocks = (row.extra or {}).get(BLOCKS_KEY)
     return blocks if isinstance(blocks, Mapping) and blocks.get("variant_ms") else None
+
+
+def _probe_of(row: ResultRow) -> Mapping[str, Any] | None:
+    """The identity of the probe that normalised the row; a row from before rows recorded
+    it says nothing (None), which matches only another such row: its probe was the run's
+    FP32 one, which the environment check compares."""
+    probe = (row.extra or {}).get(PROBE_KEY)
+    return probe if isinstance(probe, Mapping) else None
 
 
 def _probe_speed(row: ResultRow) -> float | None:

@@ -41,3 +41,19 @@ def test_the_probe_is_the_shipped_default_detector():
     assert probe.probe_bytes() == default_model_path().read_bytes()
     assert probe.probe_sha256() == verify_default()["onnx"]["sha256"]
     assert probe.INPUT_SHAPE[2:] == (verify_default()["model"]["imgsz"],) * 2
+
+
+def test_the_int8_probe_is_the_default_in_q_dq_the_same_file_every_time(tmp_path):
+    cpu = probe.probe_file(tmp_path / "a", "int8", "cpu")
+    assert cpu.read_bytes() == probe.probe_file(tmp_path / "b", "int8", "cpu").read_bytes()
+    trt = probe.probe_file(tmp_path / "a", "int8", "tensorrt")
+    assert trt.read_bytes() != cpu.read_bytes()  # each Q/DQ profile has its own probe
+    ops = {n.op_type for n in onnx.load(cpu).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    identity = probe.row_probe_identity("int8", "cpu")
+    assert identity["kind"] == "int8" and identity["sha256"][:12] in cpu.name
+    assert probe.probe_kind("qdq") == probe.probe_kind("trt-implicit") == "int8"
+    assert probe.probe_kind("fp16") == probe.probe_kind("fp32") == "fp32"
+    with OrtEngine(cpu, options=OrtOptions(threads=1)) as engine:
+        (out,) = engine.infer(probe.probe_batch()).values()
+        assert np.all(np.isfinite(out))

@@ -1,5 +1,7 @@
 """The judge: paired speedups, like-for-like mAP, three-way latency verdicts, no silent ✓."""
 
+import dataclasses
+
 import numpy as np
 from report_builders import make_env, make_row
 
@@ -75,7 +77,7 @@ def test_straddling_the_tolerance_is_inconclusive_and_passes_with_a_warning():
 
 
 def test_a_probe_that_moved_makes_latency_not_comparable():
-    now = timed_row("fp32", 20.0, 2.0, seed=5)  # everything twice as slow: another machine
+    now = timed_row("fp32", 25.0, 2.5, seed=5)  # everything 2.5x as slow: another machine
     then = timed_row("fp32", 10.0, 1.0, seed=6)
     row = judged(now, then)
     assert row.baseline_latency_verdict == "not comparable"
@@ -98,3 +100,20 @@ def test_map_against_the_same_evaluation_is_compared():
     assert row.gate.passed is False
     assert row.gate.reasons[0].startswith("mAP 0.6000 < baseline 0.6400 − 0.005 = 0.6350 "
                                           "(Δ -0.0400")
+
+
+def test_rows_normalised_by_different_probes_are_not_compared():
+    now = timed_row("int8-max", 2.0, 1.0, seed=1)
+    then = timed_row("int8-max", 2.0, 1.0, seed=2)
+    fp32_probe = {"kind": "fp32", "version": "3", "sha256": "a" * 64}
+    int8_probe = {"kind": "int8", "version": "3", "profile": "cpu", "sha256": "b" * 64}
+    now = dataclasses.replace(now, extra={**now.extra, "probe": int8_probe})
+    then = dataclasses.replace(then, extra={**then.extra, "probe": fp32_probe})
+    row = judged(now, then)
+    assert row.baseline_latency_verdict == "not comparable"
+    assert any("another speed probe (the int8 probe bbbbbbbbbbbb here, the fp32 probe "
+               "aaaaaaaaaaaa in the baseline)" in n for n in row.gate.notes)
+    assert row.gate.passed
+    same = judged(now, dataclasses.replace(then, extra={**then.extra, "probe": int8_probe}))
+    assert same.baseline_latency_verdict == "no change"
+    assert "latency_not_comparable" not in same.extra
