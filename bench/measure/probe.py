@@ -113,7 +113,7 @@ def probe_file(cache_dir: str | Path, kind: str = "fp32", profile: str = "cpu") 
     if kind == "fp32":
         return probe_model_path(cache_dir)
     data = int8_probe_bytes(profile)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = _int8_sha256(profile)
     path = Path(cache_dir) / f"speed_probe_v{PROBE_VERSION}_int8_{profile}_{sha[:12]}.onnx"
     if not path.is_file() or path.read_bytes() != data:
         atomic_write_bytes(path, data)
@@ -125,7 +125,12 @@ def row_probe_identity(kind: str, profile: str) -> dict[str, str]:
     if kind == "fp32":
         return {"kind": "fp32", "version": PROBE_VERSION, "sha256": probe_sha256()}
     return {"kind": "int8", "version": PROBE_VERSION, "profile": profile,
-            "sha256": hashlib.sha256(int8_probe_bytes(profile)).hexdigest()}
+            "sha256": _int8_sha256(profile)}
+
+
+@functools.lru_cache(maxsize=4)
+def _int8_sha256(profile: str) -> str:
+    return hashlib.sha256(int8_probe_bytes(profile)).hexdigest()
 
 
 def probe_batch() -> np.ndarray:

@@ -261,9 +261,8 @@ def normalised_latency(variant_blocks: Sequence[Sequence[float] | float],
         )
     if np.any(variant <= 0) or np.any(probe <= 0):
         raise StatsError("normalised_latency: block medians must be > 0 (latencies)")
-    before = probe[: len(variant)]
-    after = np.append(probe[1:], probe[-1])[: len(variant)] if len(probe) == len(variant) \
-        else probe[1:]
+    n = len(variant)
+    before, after = probe[:n], np.append(probe[1:], probe[-1])[:n]
     return np.stack([variant / before, variant / after], axis=1)
 
 
