@@ -61,8 +61,10 @@ def write_detections(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, 
 
     def dump(handle) -> None:
         # np.savez_compressed's own format, written member by member (a variant name can
-        # be anything, including one of savez's keywords)
-        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        # be anything, including one of savez's keywords); deflate level 1: measured on
+        # the default's 322k detections, 0.16 s and 5.9 MB against level 6's 0.54 s, 5.3 MB
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED,
+                             compresslevel=1) as archive:
             for name, a in checked.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(a),
