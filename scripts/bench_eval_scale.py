@@ -7,13 +7,14 @@ images (new ids, the same image files). Two measurements, in one process:
 
 1. The accuracy pass with the embedded default model on ONNX Runtime (CPU, --threads
    threads, one stream): load + letterbox + infer + decode + NMS (the ONNX Runtime decode
-   path of bench.eval.decode_ort) + COCOeval with faster-coco-eval, timed per phase; the
+   path of bench.eval.decode_ort) + COCO evaluation (--evaluator, default the harness's),
+   timed per phase; the
    engine alone (session.run over staged letterboxed batches, nothing else) is timed on a
    probe just before and just after, so the overhead is pass - engine. The pass runs cold
    (the first variant of a session) and then warm (later variants: letterboxed images
    shared through a LetterboxCache, as a session does). Then the pass's own detections
    are scored again by each evaluator in turn.
-2. COCOeval at val2017's shape: the replicated ground truth topped up to val2017's
+2. COCO evaluation at val2017's shape: the replicated ground truth topped up to val2017's
    36,781 annotations, 300 detections an image jittered from it (1.5 M at 5000 images),
    scored by each evaluator.
 
@@ -42,7 +43,7 @@ from bench.data import synthetic
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import letterbox
 from bench.eval.accuracy import LetterboxCache, run_accuracy
-from bench.eval.coco_eval import evaluate
+from bench.eval.coco_eval import DEFAULT_EVALUATOR, EVALUATORS, evaluate
 from bench.models.default import default_model_path, load_manifest
 
 VAL2017_IMAGES = 5000
@@ -196,30 +197,26 @@ def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
           f" ONNX Runtime CPU, {args.threads} threads, batch {args.batch}")
     cache = LetterboxCache()  # as a session shares it between its variants
     for k, name in enumerate(("cold: the first variant", "warm: later variants")[: args.passes]):
-        out = work / f"pred{k}.json"
-        res, engine, mem_mb = one_pass(args, infer, ds, source, imgsz, cache, out)
+        res, engine, mem_mb = one_pass(args, infer, ds, source, imgsz, cache)
         report_pass(f"1{'ab'[k]}. accuracy pass, {name}", res, engine, mem_mb, len(ds))
     print(f"   letterbox cache: {len(cache)} images, {cache.used / 2**20:.0f} MB"
           f" (bounded by its max_bytes, {cache.max_bytes / 2**20:.0f} MB)")
-    entries = json.loads(out.read_text())
-    results = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]]
-                        for r in entries], dtype=np.float64)
-    del entries
+    results, res = res.results, None
     print("   the same detections scored again, interleaved:")
-    for evaluator in ("faster", "pycocotools", "faster"):
+    for evaluator in ("numpy", "faster", "pycocotools", "numpy", "faster"):
         _, seconds, extra = timed_eval(ds.coco, results, evaluator)
         print(f"     {evaluator:12s} {seconds:6.1f} s  ({1e6 * seconds / len(results):.1f}"
               f" µs/detection), peak +{extra:5.0f} MB")
 
 
-def one_pass(args, infer, ds, source, imgsz, cache, out):
+def one_pass(args, infer, ds, source, imgsz, cache):
     """One accuracy pass, with the engine alone timed on a probe just before and after."""
     probe = min(args.images, args.engine_probe)
     cached_mb = -cache.used / 2**20  # the cache's growth in this pass is reported apart
     before = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     with PeakRss() as mem:
         res = run_accuracy(infer, ds, imgsz=imgsz, batch=args.batch, progress=args.progress,
-                           results_path=out, evaluator="faster", cache=cache)
+                           evaluator=args.evaluator, cache=cache, keep_results=True)
     after = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     cached_mb += cache.used / 2**20
     print(f"   (letterbox cache grew by {cached_mb:.0f} MB: left out of the peak below)")
@@ -231,16 +228,16 @@ def one_pass(args, infer, ds, source, imgsz, cache, out):
 def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> None:
     n_det = res.n_detections
     phases = res.phase_seconds
-    pass_s = res.seconds - res.write_seconds  # the session writes no results JSON
+    pass_s = res.seconds
     overhead = pass_s - engine
     print(f"\n{title}: {n} images, {n_det} detections ({n_det / n:.0f} an image)")
     print(f"   engine alone            {engine:8.1f} s  ({1000 * engine / n:.1f} ms/img)")
-    print(f"   pass, wall              {pass_s:8.1f} s  (without the {res.write_seconds:.1f} s"
-          " spent writing the results JSON)")
+    print(f"   pass, wall              {pass_s:8.1f} s  (the results kept as an array, as a"
+          " session keeps them)")
     print(f"     inside infer          {res.infer_seconds:8.1f} s")
     print(f"     decode + NMS (threads){res.decode_seconds:8.1f} s"
           f"  ({1000 * res.decode_seconds / n:.2f} ms/img)")
-    print(f"     COCOeval (faster)     {phases['evaluation']:8.1f} s"
+    print(f"     evaluation ({res.evaluator:11s}){phases['evaluation']:6.1f} s"
           f"  ({1e6 * phases['evaluation'] / max(n_det, 1):.1f} µs/detection)")
     print(f"     input wait            {res.input_wait_seconds:8.1f} s")
     met = overhead <= TARGET_OVERHEAD * pass_s
@@ -269,14 +266,19 @@ def val2017_shape(args, source: CocoDataset, work: Path) -> None:
           f" {len(data['annotations'])} annotations, {len(results)} detections"
           f" ({args.per_image} an image; array {results.nbytes / 2**20:.0f} MB)")
     figures = {}
-    for evaluator in ("faster", "pycocotools", "faster"):
+    for evaluator in ("numpy", "faster", "pycocotools", "numpy", "faster"):
         metrics, seconds, extra = timed_eval(gt, results, evaluator)
         figures.setdefault(evaluator, metrics)
         print(f"   {evaluator:12s} {seconds:6.1f} s  ({1e6 * seconds / len(results):.1f} µs/det),"
               f" peak +{extra:5.0f} MB ({extra * 2**20 / len(results):.0f} B/detection)")
-    a, b = figures.values()
-    same = all(np.isclose(a[k], b[k], rtol=1e-12, equal_nan=True) for k in a)
-    print(f"   twelve figures identical between evaluators: {same}; mAP {a['map']:.4f}")
+    ref = figures["pycocotools"]
+    for evaluator in ("numpy", "faster"):
+        got = figures[evaluator]
+        exact = all(got[k] == ref[k] or (np.isnan(got[k]) and np.isnan(ref[k])) for k in ref)
+        close = all(np.isclose(got[k], ref[k], rtol=1e-12, equal_nan=True) for k in ref)
+        print(f"   {evaluator} against pycocotools: twelve figures"
+              f" {'the same floats' if exact else 'equal to 1e-12' if close else 'DIFFERENT'}")
+    print(f"   mAP {ref['map']:.4f}")
 
 
 def main() -> None:
@@ -291,6 +293,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, choices=(1, 2), default=2,
                         help="2: a cold pass, then a warm one reusing the letterboxed images")
     parser.add_argument("--only", choices=("pass", "shape"), default=None)
+    parser.add_argument("--evaluator", choices=EVALUATORS, default=DEFAULT_EVALUATOR,
+                        help="the evaluator of the accuracy passes (default %(default)s)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     source = CocoDataset.open(synthetic.ensure_default(progress=True), "val")

@@ -58,7 +58,7 @@ class AccuracyResult:
     decode_seconds the time spent decoding outputs (decode + NMS + results array), summed
     over the threads that decode (with one stream it overlaps inference); input_wait_seconds
     the time the streams sat idle waiting for a prepared batch (near 0 when prefetching
-    keeps up). evaluator: which COCOeval scored it ("faster" or "pycocotools");
+    keeps up). evaluator: which evaluator scored it (bench.eval.coco_eval.EVALUATORS);
     n_detections: the detections it scored; write_seconds: the part of eval_seconds
     spent writing the results JSON (0 without results_path). matches (keep_matches) and
     results (keep_results: the [n, 7] results array scored, RESULT_COLUMNS) are held for
@@ -252,8 +252,8 @@ def run_accuracy(
     thread feeds each). fixed_batch: the model's batch size when it cannot vary; the last
     batch is padded to it and the padding's outputs dropped. results_path: also write the
     COCO results JSON. cache: share one LetterboxCache between the passes of a session
-    (same dataset). evaluator: "faster" (faster-coco-eval, the default) or "pycocotools"
-    (the reference), checked before any inference runs. progress: a bar with images/s
+    (same dataset). evaluator: "numpy" (the default), "faster" (faster-coco-eval) or
+    "pycocotools" (the reference), checked before any inference runs. progress: a bar with images/s
     and the time left. keep_matches: the per-image matches for the paired bootstrap;
     keep_results: the results array itself (~56 bytes a detection), both on the result.
     """

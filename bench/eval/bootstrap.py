@@ -148,6 +148,8 @@ def match_table(coco_eval, max_det: int = 100, area: str = "all") -> MatchTable:
     per-image results in [category][area][image] order, each None or a dict with dtScores,
     dtMatches, dtIgnore, gtIgnore, as COCOeval.evaluate() leaves them in evalImgs.
     """
+    if hasattr(coco_eval, "match_table"):  # bench.eval.coco_numpy.NumpyEval
+        return coco_eval.match_table(max_det, area)
     p = coco_eval.params
     eval_imgs = _eval_imgs(coco_eval)  # converted on access: only area's entries are read
     if max_det not in list(p.maxDets):
@@ -257,13 +259,13 @@ def _segment(category: int, img: np.ndarray, tps: np.ndarray, fps: np.ndarray,
 
 
 def evaluate_for_bootstrap(coco_gt, results, image_ids: Sequence[int] | None = None, *,
-                           evaluator: str = "faster") -> MatchTable:
+                           evaluator: str = "numpy") -> MatchTable:
     """The MatchTable of results, from the same evaluation that gives their metrics
     (bench.eval.coco_eval.evaluate_detailed with per_image=True).
 
     coco_gt: a pycocotools or faster-coco-eval COCO. results: COCO result entries or a
     results array (bench.eval.coco_eval.RESULT_COLUMNS). image_ids: the evaluated images
-    (default: all). evaluator: "faster" or "pycocotools".
+    (default: all). evaluator: one of bench.eval.coco_eval.EVALUATORS.
     """
     from bench.eval.coco_eval import evaluate_detailed
 

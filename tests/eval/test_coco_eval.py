@@ -198,7 +198,7 @@ def test_reproduces_pycocotools_published_figures(evaluator):
 
 
 def test_unknown_evaluator_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="evaluator = 'cocoapi', expected one of faster, pyco"):
+    with pytest.raises(ConfigError, match="'cocoapi', expected one of numpy, faster, pyco"):
         evaluate(_one_image_gt(tmp_path), [], evaluator="cocoapi")
     assert check_evaluator("pycocotools") == "pycocotools"
 
@@ -209,11 +209,12 @@ def test_missing_faster_coco_eval_names_the_package_and_the_option(tmp_path, mon
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)
     det = Detections.make([[10, 10, 60, 60]], [0.9], [0])
     array = to_coco_array(7, det, _identity(200, 300), [5, 9])
-    with pytest.raises(ConfigError, match="faster-coco-eval.*evaluator = 'pycocotools'"):
-        evaluate(_one_image_gt(tmp_path), array)
-    # The reference still runs without it: no silent switch, an explicit choice.
-    m = evaluate(_one_image_gt(tmp_path), array, evaluator="pycocotools")
-    assert m["map50"] == pytest.approx(51 / 101)  # one of two objects found
+    with pytest.raises(ConfigError, match="faster-coco-eval.*evaluator = 'numpy'"):
+        evaluate(_one_image_gt(tmp_path), array, evaluator="faster")
+    # The others still run without it: no silent switch, an explicit choice.
+    for evaluator in ("numpy", "pycocotools"):
+        m = evaluate(_one_image_gt(tmp_path), array, evaluator=evaluator)
+        assert m["map50"] == pytest.approx(51 / 101)  # one of two objects found
 
 
 @pytest.mark.parametrize("evaluator", EVALUATORS)

@@ -1,0 +1,322 @@
+"""COCO bbox evaluation in NumPy: pycocotools' COCOeval, vectorised over images.
+
+The same twelve figures as pycocotools' evaluate / accumulate / summarize for iouType
+"bbox", computed from arrays instead of one Python dict per detection:
+
+- detections of an (image, category) are ranked by score, ties in the results' order
+  (pycocotools' mergesort), and the first maxDets[-1] kept;
+- IoU as pycocotools' bbIou: intersection over union, over the detection's area for a
+  crowd ground truth;
+- matching, for every area range and IoU threshold at once, one detection rank at a time
+  across all (image, category) pairs: a detection takes the unmatched (or crowd) ground
+  truth of highest IoU >= the threshold, a non-ignored one before an ignored one, the
+  last in ground-truth order on ties; it is ignored when its match is, or, unmatched,
+  when its area is outside the range;
+- accumulation ranks a category's detections by score, ties by image and then rank (the
+  order pycocotools' concatenation and mergesort give), and takes the 101-point
+  interpolated precision with the same float operations, so the figures are the same
+  floats, not merely close (tests/eval compare them with pycocotools' and
+  faster-coco-eval's on generated cases with crowds, ties and empty images).
+
+Its MatchTable for the bootstrap (bench.eval.bootstrap) comes from the same arrays.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_EPS = np.spacing(1)
+
+
+@dataclass(frozen=True)
+class _GroundTruth:
+    """One ground truth's annotations as arrays, in dataset order."""
+
+    image_id: np.ndarray
+    category_id: np.ndarray
+    box: np.ndarray  # [n, 4] x, y, w, h
+    area: np.ndarray
+    crowd: np.ndarray
+    ann_id: np.ndarray
+    image_ids: np.ndarray  # sorted, of dataset["images"]
+    category_ids: np.ndarray  # sorted, of dataset["categories"]
+
+
+_GT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ground_truth(coco_gt: Any) -> _GroundTruth:
+    cached = _GT.get(coco_gt)
+    if cached is not None:
+        return cached
+    data = coco_gt.dataset
+    anns = data.get("annotations", [])
+    box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    gt = _GroundTruth(
+        image_id=np.array([a["image_id"] for a in anns], dtype=np.int64),
+        category_id=np.array([a["category_id"] for a in anns], dtype=np.int64),
+        box=box,
+        area=np.array([a.get("area", b[2] * b[3]) for a, b in zip(anns, box.tolist())],
+                      dtype=np.float64),
+        crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        ann_id=np.array([a.get("id", 0) for a in anns], dtype=np.int64),
+        image_ids=np.unique(np.array([i["id"] for i in data.get("images", [])],
+                                     dtype=np.int64)),
+        category_ids=np.unique(np.array([c["id"] for c in data.get("categories", [])],
+                                        dtype=np.int64)))
+    _GT[coco_gt] = gt
+    return gt
+
+
+class _Params:
+    """pycocotools' bbox Params (iouThrs, recThrs, maxDets, areaRng, areaRngLbl, useCats)
+    with the evaluated imgIds and catIds."""
+
+    def __init__(self, img_ids: np.ndarray, cat_ids: np.ndarray):
+        from pycocotools.cocoeval import Params
+
+        base = Params(iouType="bbox")
+        self.iouType = "bbox"
+        self.iouThrs, self.recThrs = base.iouThrs, base.recThrs
+        self.maxDets = list(base.maxDets)
+        self.areaRng, self.areaRngLbl = list(base.areaRng), list(base.areaRngLbl)
+        self.useCats = 1
+        self.imgIds = [int(i) for i in img_ids]
+        self.catIds = [int(c) for c in cat_ids]
+
+
+class NumpyEval:
+    """The evaluation of one results array: stats (COCOeval.stats' twelve figures),
+    params, eval ({"precision", "recall"}, see _accumulate) and match_table()."""
+
+    def __init__(self, coco_gt: Any, results: np.ndarray,
+                 image_ids: Sequence[int] | None = None):
+        gt = _ground_truth(coco_gt)
+        img_ids = gt.image_ids if image_ids is None else np.unique(
+            np.asarray(list(image_ids), dtype=np.int64))
+        self.params = p = _Params(img_ids, gt.category_ids)
+        self._n_img, self._n_cat = len(img_ids), len(gt.category_ids)
+        self._n_thr, self._n_area = len(p.iouThrs), len(p.areaRng)
+        self._prepare(gt, img_ids, np.asarray(results, dtype=np.float64).reshape(-1, 7))
+        self._match()
+        self.eval = self._accumulate()
+        self.stats = self._summarize()
+
+    # -- the evaluated ground truths and detections, grouped by (image, category) --
+
+    def _prepare(self, gt: _GroundTruth, img_ids: np.ndarray, results: np.ndarray) -> None:
+        p, n_cat = self.params, self._n_cat
+        g_img, g_ok = _positions(img_ids, gt.image_id)
+        g_cat, c_ok = _positions(gt.category_ids, gt.category_id)
+        keep = np.nonzero(g_ok & c_ok)[0]
+        g_pair = g_img[keep] * n_cat + g_cat[keep]
+        order = keep[np.argsort(g_pair, kind="stable")]  # by pair, dataset order within
+        self._g_pair = np.sort(g_pair, kind="stable")
+        self._g_box, self._g_area = gt.box[order], gt.area[order]
+        self._g_crowd, self._g_id = gt.crowd[order], gt.ann_id[order]
+        self._g_cat = g_cat[order]
+        lo = np.array([r[0] for r in p.areaRng])[:, None]
+        hi = np.array([r[1] for r in p.areaRng])[:, None]
+        self._g_ignore = self._g_crowd[None, :] | (self._g_area < lo) | (self._g_area > hi)
+
+        d_img, i_ok = _positions(img_ids, results[:, 0].astype(np.int64))
+        d_cat, k_ok = _positions(gt.category_ids, results[:, 6].astype(np.int64))
+        rows = np.nonzero(i_ok & k_ok)[0]
+        d_pair = d_img[rows] * n_cat + d_cat[rows]
+        score = results[rows, 5]
+        # by pair, then score (highest first), ties in the results' order
+        order = np.lexsort((rows, -score, d_pair))
+        d_pair, rows = d_pair[order], rows[order]
+        starts = np.searchsorted(d_pair, d_pair, side="left")
+        rank = np.arange(len(d_pair)) - starts
+        kept = rank < p.maxDets[-1]
+        self._d_pair, self._d_rank = d_pair[kept], rank[kept]
+        rows = rows[kept]
+        self._d_score, self._d_box = results[rows, 5], results[rows, 1:5]
+        self._d_area = results[rows, 3] * results[rows, 4]
+        self._d_img, self._d_cat = self._d_pair // n_cat, self._d_pair % n_cat
+        self._d_outside = (self._d_area < lo) | (self._d_area > hi)  # [areas, dets]
+
+    # -- matching --
+
+    def _match(self) -> None:
+        n_at = self._n_area * self._n_thr
+        n_det = len(self._d_pair)
+        first = np.searchsorted(self._g_pair, self._d_pair, side="left")
+        count = np.searchsorted(self._g_pair, self._d_pair, side="right") - first
+        e_det = np.repeat(np.arange(n_det), count)
+        offset = np.arange(len(e_det)) - np.repeat(np.cumsum(count) - count, count)
+        e_gt = np.repeat(first, count) + offset
+        e_iou = _bbox_iou(self._d_box[e_det], self._g_box[e_gt], self._g_crowd[e_gt])
+        thresholds = np.minimum(self.params.iouThrs, 1 - 1e-10)
+        # a pair below every threshold can never match: most of them
+        close = np.flatnonzero(e_iou >= thresholds.min())
+        e_det, e_gt, e_iou = e_det[close], e_gt[close], e_iou[close]
+        thr = np.tile(thresholds, self._n_area)[:, None]  # rows: area-major, then threshold
+        ignore = np.repeat(self._g_ignore, self._n_thr, axis=0)  # [rows, gts]
+        taken = np.zeros((n_at, len(self._g_pair)), dtype=bool)
+        # hit: matched to a ground truth of non-zero id (pycocotools tests dtm == 0 for
+        # unmatched); ignored: matched to an ignored ground truth
+        self._hit = np.zeros((n_at, n_det), dtype=bool)
+        matched_ignored = np.zeros((n_at, n_det), dtype=bool)
+        # entries by the rank of their detection: one rank's detections have one each
+        # pair, so no two of them compete for a ground truth
+        e_rank = self._d_rank[e_det]
+        by_rank = np.argsort(e_rank, kind="stable")
+        bounds = np.searchsorted(e_rank[by_rank], np.arange(self.params.maxDets[-1] + 1))
+        for r in range(self.params.maxDets[-1]):
+            sel = by_rank[bounds[r]:bounds[r + 1]]
+            if len(sel) == 0:
+                continue
+            det, g, iou = e_det[sel], e_gt[sel], e_iou[sel]
+            new_group = np.r_[True, det[1:] != det[:-1]]
+            starts, group = np.flatnonzero(new_group), np.cumsum(new_group) - 1
+            ign = ignore[:, g]
+            free = (iou[None, :] >= thr) & (~taken[:, g] | self._g_crowd[g][None, :])
+            # a non-ignored ground truth first; among the chosen kind, the highest IoU
+            # and the last of equal ones
+            plain = np.logical_or.reduceat(free & ~ign, starts, axis=1)
+            allowed = free & (ign != plain[:, group])
+            value = np.where(allowed, iou[None, :], -1.0)
+            best = np.maximum.reduceat(value, starts, axis=1)
+            last = np.where(allowed & (value == best[:, group]), np.arange(len(sel)), -1)
+            pick = np.maximum.reduceat(last, starts, axis=1)
+            hit_rows, hit_cols = np.nonzero(pick >= 0)
+            entry = pick[hit_rows, hit_cols]
+            chosen, dets = g[entry], det[starts][hit_cols]
+            taken[hit_rows, chosen] = True
+            self._hit[hit_rows, dets] = self._g_id[chosen] != 0
+            matched_ignored[hit_rows, dets] = ign[hit_rows, entry]
+        outside = np.repeat(self._d_outside, self._n_thr, axis=0)
+        self._d_ignore = matched_ignored | (~self._hit & outside)
+
+    # -- accumulate and summarize, as pycocotools --
+
+    def _ranked(self, k: int) -> np.ndarray:
+        """Category k's detections as accumulate ranks them: score, then image, then rank."""
+        idx = np.flatnonzero(self._d_cat == k)
+        order = np.lexsort((self._d_rank[idx], self._d_img[idx], -self._d_score[idx]))
+        return idx[order]
+
+    def _accumulate(self) -> dict[str, np.ndarray]:
+        """precision [T, R, K, A, M] and recall [T, K, A, M] as accumulate leaves them,
+        except that precision is computed for maxDets[-1] only, the one summarize reads
+        (-1 for the others); recall is computed for every maxDets.
+
+        Only true positives are visited: recall rises only at them, and the precision
+        envelope's value at any point is reached at a true positive at or after it (a
+        false or ignored detection never raises precision), so the 101-point values and
+        the final recall are those of accumulate's full arrays, the same floats (the same
+        integer counts through the same operations)."""
+        p = self.params
+        n_t, n_r, n_k, n_a, n_m = (self._n_thr, len(p.recThrs), self._n_cat, self._n_area,
+                                   len(p.maxDets))
+        precision = -np.ones((n_t, n_r, n_k, n_a, n_m))
+        recall = -np.ones((n_t, n_k, n_a, n_m))
+        self._rank_order = [self._ranked(k) for k in range(n_k)]
+        top = n_m - 1
+        for k in range(n_k):
+            ranked = self._rank_order[k]
+            ranks = self._d_rank[ranked]
+            of_k = self._g_cat == k
+            for a in range(n_a):
+                npig = int(np.count_nonzero(of_k & ~self._g_ignore[a]))
+                if npig == 0:
+                    continue
+                rows = slice(a * n_t, (a + 1) * n_t)
+                hit, ign = self._hit[rows][:, ranked], self._d_ignore[rows][:, ranked]
+                tps = hit & ~ign
+                for m, max_det in enumerate(p.maxDets[:-1]):
+                    # rc[-1] = tp_sum[-1] / npig: the count as a float, as accumulate has it
+                    counted = np.count_nonzero(tps[:, ranks < max_det], axis=1).astype(float)
+                    recall[:, k, a, m] = counted / npig
+                fp_sum = np.cumsum(~hit & ~ign, axis=1)
+                for t in range(n_t):
+                    at = np.flatnonzero(tps[t])
+                    tp = np.arange(1, len(at) + 1).astype(float)
+                    fp = fp_sum[t, at].astype(float)
+                    rc = tp / npig
+                    pr = tp / (fp + tp + _EPS)
+                    recall[t, k, a, top] = rc[-1] if len(at) else 0
+                    envelope = np.maximum.accumulate(pr[::-1])[::-1]
+                    inds = np.searchsorted(rc, p.recThrs, side="left")
+                    q = np.zeros(n_r)
+                    ok = inds < len(at)
+                    q[ok] = envelope[inds[ok]]
+                    precision[t, :, k, a, top] = q
+        return {"precision": precision, "recall": recall}
+
+    def _summarize(self) -> np.ndarray:
+        p = self.params
+
+        def one(ap: int, iou: float | None = None, area: str = "all", max_det: int = 100):
+            aind = [i for i, lbl in enumerate(p.areaRngLbl) if lbl == area]
+            mind = [i for i, m in enumerate(p.maxDets) if m == max_det]
+            s = self.eval["precision"] if ap == 1 else self.eval["recall"]
+            if iou is not None:
+                s = s[np.where(iou == p.iouThrs)[0]]
+            s = s[:, :, :, aind, mind] if ap == 1 else s[:, :, aind, mind]
+            return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
+
+        top = p.maxDets[2]
+        return np.array([
+            one(1), one(1, 0.5, max_det=top), one(1, 0.75, max_det=top),
+            one(1, area="small", max_det=top), one(1, area="medium", max_det=top),
+            one(1, area="large", max_det=top),
+            one(0, max_det=p.maxDets[0]), one(0, max_det=p.maxDets[1]), one(0, max_det=top),
+            one(0, area="small", max_det=top), one(0, area="medium", max_det=top),
+            one(0, area="large", max_det=top)])
+
+    # -- the bootstrap's table --
+
+    def match_table(self, max_det: int = 100, area: str = "all"):
+        """bench.eval.bootstrap.MatchTable of this evaluation (see bootstrap.match_table)."""
+        from bench.errors import InputDataError
+        from bench.eval.bootstrap import MatchTable, _segment
+
+        p = self.params
+        if max_det not in p.maxDets:
+            raise InputDataError(f"max_det {max_det}: the evaluation's maxDets are {p.maxDets}")
+        if area not in p.areaRngLbl:
+            raise InputDataError(f"area {area!r}: the evaluation's areas are {p.areaRngLbl}")
+        a = p.areaRngLbl.index(area)
+        rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
+        plain = ~self._g_ignore[a]
+        gt_count = np.zeros((self._n_img, self._n_cat))
+        np.add.at(gt_count, (self._g_pair[plain] // self._n_cat, self._g_cat[plain]), 1.0)
+        per_cat = []
+        for k in range(self._n_cat):
+            ranked = self._rank_order[k]
+            sel = ranked[self._d_rank[ranked] < max_det]
+            hit, ign = self._hit[rows][:, sel], self._d_ignore[rows][:, sel]
+            per_cat.append((self._d_img[sel], hit & ~ign, ~hit & ~ign))
+        segments = [_segment(k, img, tps[t], fps[t], self._n_img)
+                    for t in range(self._n_thr) for k, (img, tps, fps) in enumerate(per_cat)]
+        return MatchTable(tuple(p.imgIds), tuple(p.catIds), gt_count, tuple(segments),
+                          np.asarray(p.recThrs, dtype=np.float64))
+
+
+def _positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each id in sorted_ids, and whether it is there."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    pos = np.searchsorted(sorted_ids, ids)
+    clipped = np.minimum(pos, len(sorted_ids) - 1)
+    return clipped, sorted_ids[clipped] == ids
+
+
+def _bbox_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """pycocotools' bbIou for paired rows: the same float operations in the same order."""
+    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
+    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
+    inter = w * h
+    da, ga = d[:, 2] * d[:, 3], g[:, 2] * g[:, 3]
+    union = np.where(crowd, da, da + ga - inter)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / union
+    return np.where((w > 0) & (h > 0), iou, 0.0)
