@@ -297,8 +297,8 @@ def _fake_quant_function() -> Any:
 
         @staticmethod
         def backward(ctx, grad):
-            # where(), not grad * mask: a product first copies the bool mask to floats
-            # (measured 1.4 against 6.9 ms on 2 M elements)
+            # where(), not grad * mask: in a profiled QAT step on the default the product
+            # (which first copies the bool mask to floats) made the backward 110 ms, 56 here
             if not ctx.learn:
                 (mask,) = ctx.saved_tensors
                 return torch.where(mask, grad, 0.0), None, None, None, None
@@ -326,9 +326,14 @@ def _dot(a: Any, b: Any) -> Any:
 
 
 def _weight_scale(weight: Any, axis: int, keepdim: bool) -> Any:
+    """Per-channel max |w| / 127, and 1 / 127 for an all-zero channel, as the Q/DQ writer
+    (bench.quant.qdq.weight_scales) has it: a scale of its own the reciprocal of which
+    stays finite (0 * inf would make the channel NaN)."""
+    import torch
+
     dims = [d for d in range(weight.dim()) if d != axis % weight.dim()]
     amax = weight.detach().abs().amax(dim=dims, keepdim=keepdim)
-    return amax.clamp_min(float(np.finfo(np.float32).tiny)) / QMAX
+    return torch.where(amax > float(np.finfo(np.float32).tiny), amax, 1.0) / QMAX
 
 
 def _scale_groups(plan: Any, tensors: list[str]) -> dict[str, str]:

@@ -167,6 +167,18 @@ def test_fast_fake_quant_equals_torch_kernels_on_channels_last_tensors():
         w, amax / 127, torch.zeros(6, dtype=torch.int32), 0, -128, 127))
 
 
+def test_an_all_zero_weight_channel_stays_zero_not_nan():
+    # a pruned channel: its scale is the writer's 1/127, not a denormal whose reciprocal
+    # is infinite (0 * inf = NaN)
+    w = torch.randn(4, 3, 3, 3)
+    w[2] = 0.0
+    w.requires_grad_()
+    out = fast_fake_quant_weight(w, 0)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.equal(out[2], torch.zeros(3, 3, 3))
+    assert torch.isfinite(w.grad).all()
+
+
 def test_held_out_check_keeps_the_initial_calibration_when_training_hurts(setup):
     model, plan, amax, calib = setup
     wrecked = QatSettings(steps=8, lr=0.5, batch=4)  # a learning rate that ruins the weights
