@@ -7,10 +7,10 @@ and "pycocotools" (the reference implementation). All take the detections as an 
 results array (RESULT_COLUMNS); the harness never builds per-detection dicts itself
 (faster-coco-eval and pycocotools do, inside).
 
-Measured (2 cores, 2026-12-02): the default's 46k detections an image set of 250 took
+Measured (2 cores, 2026-12-02): the default's 46k detections on its 250 images took
 0.08-0.11 s in "numpy", 0.25-0.30 s in "faster" and 1.9-2.0 s in pycocotools; at
-val2017's shape (5000 images, 1.5 M detections) 4.1 s in "numpy" against 9-12.6 s in
-"faster" (scripts/bench_eval_scale.py prints these).
+val2017's shape (5000 images, 1.5 M detections) 3.2-3.7 s in "numpy", 13.0-15.2 s in
+"faster" and 104 s in pycocotools (scripts/bench_eval_scale.py prints these).
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ def evaluate_detailed(
     if len(results) == 0:
         return zero_metrics(), None
     given = _as_array(results) if isinstance(results, np.ndarray) else [dict(r) for r in results]
+    if evaluator == "numpy" and not isinstance(given, np.ndarray):
+        given = _entries_to_array(given)
     if isinstance(given, np.ndarray):
         _check_image_ids(coco_gt, given)
     ids = sorted(int(i) for i in image_ids) if image_ids is not None else None
@@ -167,8 +169,7 @@ def evaluate_detailed(
         elif evaluator == "numpy":
             from bench.eval.coco_numpy import NumpyEval
 
-            ev = NumpyEval(coco_gt, given if isinstance(given, np.ndarray)
-                           else _entries_to_array(given), ids)
+            ev = NumpyEval(coco_gt, given, ids)
         else:
             ev = _run_pycocotools(coco_gt, given, ids)
     stats = ev.stats
