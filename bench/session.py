@@ -10,7 +10,7 @@ A variant that fails becomes a failed row and the others go on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,7 +204,11 @@ class BenchSession:
             return row
         if REFERENCE not in self.rows:
             self._reference_row()
-        return with_delta_ci(row, matches, self._fp32_matches)
+        began = time.perf_counter()
+        row = with_delta_ci(row, matches, self._fp32_matches)
+        phases = {**(row.extra.get("phases_s") or {}),
+                  "delta_map_ci": round(time.perf_counter() - began, 3)}
+        return replace(row, extra={**row.extra, "phases_s": phases})
 
     def _reference_row(self) -> ResultRow | None:
         """fp32 measured as the reference of the floors when the run did not plan it (or

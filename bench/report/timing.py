@@ -2,8 +2,9 @@
 
 From the rows' phases_s (bench.report.assemble): each variant's build (a cache hit's
 lookup), engine open, accuracy pass (with COCO evaluation, and the bootstrap's matching,
-inside it), latency pass and --diagnose's work, summed over the variants; the rest of
-the wall time is the harness's own (imports, the report and its plot).
+inside it), latency pass, --diagnose's work and the bootstrap of ΔmAP against fp32,
+summed over the variants; the rest of the wall time is the harness's own (imports, the
+report and its plot, the comparison with the baseline).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from bench.report.rows import ResultRow
 
 # (phases_s key, label), in the order they run
 PARTS = (("calibration", "calibration"), ("build", "build"), ("engine_open", "engine open"),
-         ("accuracy_total", "accuracy"), ("latency", "latency"), ("diagnosis", "diagnosis"))
+         ("accuracy_total", "accuracy"), ("latency", "latency"), ("diagnosis", "diagnosis"),
+         ("delta_map_ci", "ΔmAP CI"))
 
 
 def phase_totals(rows: Iterable[ResultRow]) -> dict[str, float]:

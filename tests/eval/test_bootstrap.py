@@ -132,6 +132,18 @@ def test_weights_equal_a_dataset_with_the_images_copied(generated):
     assert got == pytest.approx(expected, abs=1e-9)
 
 
+def test_dense_and_group_by_group_false_positive_sums_give_the_same_resamples(generated,
+                                                                             monkeypatch):
+    import bench.eval.bootstrap as bootstrap
+
+    gt, dets, _ = generated
+    table = match_table(_evaluated(gt, dets))
+    weights = resample_weights(len(table.image_ids), 50, 3)
+    dense = table.ap(weights)
+    monkeypatch.setattr(bootstrap, "_DENSE_CELLS", 0)
+    np.testing.assert_array_equal(table.ap(weights), dense)
+
+
 def test_delta_ci_brackets_a_real_difference_and_is_seeded(generated):
     gt, dets_a, dets_b = generated
     ev_a, ev_b = _evaluated(gt, dets_a, summarize=True), _evaluated(gt, dets_b, summarize=True)
