@@ -1,16 +1,16 @@
 """Does the accuracy pass scale to COCO val2017 (5000 images, 300 detections an image)?
 
-    python scripts/bench_eval_scale.py [--images 5000] [--batch 8] [--threads 2]
+    python scripts/bench_eval_scale.py [--images 5000] [--batch 1] [--threads 2] [--streams 2]
 
 The embedded default's evaluation set (250 generated images) is replicated to --images
 images (new ids, the same image files). Two measurements, in one process:
 
-1. The accuracy pass with the embedded default model on ONNX Runtime (CPU, --threads
-   threads, one stream): load + letterbox + infer + decode + NMS (the ONNX Runtime decode
-   path of bench.eval.decode_ort) + COCO evaluation (--evaluator, default the harness's),
-   timed per phase; the
-   engine alone (session.run over staged letterboxed batches, nothing else) is timed on a
-   probe just before and just after, so the overhead is pass - engine. The pass runs cold
+1. The accuracy pass with the embedded default model on ONNX Runtime, as the suite runs
+   it (CPU, --threads threads in --streams streams, batch --batch): load + letterbox +
+   infer + decode + NMS (the ONNX Runtime decode path of bench.eval.decode_ort) + COCO
+   evaluation (--evaluator, default the harness's), timed per phase; the engine alone
+   (the same streams in threads over staged letterboxed batches, nothing else) is timed
+   on a probe just before and just after, so the overhead is pass - engine. The pass runs cold
    (the first variant of a session) and then warm (later variants: letterboxed images
    shared through a LetterboxCache, as a session does). Then the pass's own detections
    are scored again by each evaluator in turn.
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.config import BenchConfig
 from bench.data import synthetic
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import letterbox
@@ -147,38 +148,41 @@ def jittered_detections(data: dict, per_image: int, rng: np.random.Generator) ->
     return out
 
 
-def ort_infer(threads: int) -> tuple[Callable, int]:
-    import onnxruntime as ort
+def ort_streams(threads: int, streams: int | None):
+    """The embedded default on ONNX Runtime as the suite opens it for the accuracy pass:
+    Engine.infer_streams' callables (streams of threads // streams threads each; one
+    stream is the latency session itself), the engine (to close) and the image size."""
+    from bench.engines.ort import OrtEngine, OrtOptions
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(default_model_path()), opts,
-                                providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    inp = sess.get_inputs()[0].name
-
-    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, sess.run(None, {inp: x}), strict=True))
-
-    return infer, load_manifest()["model"]["imgsz"]
+    engine = OrtEngine(default_model_path(), options=OrtOptions(threads=threads)).activate()
+    return engine.infer_streams(streams), engine, load_manifest()["model"]["imgsz"]
 
 
-def engine_alone(infer: Callable, ds: CocoDataset, imgsz: int, batch: int, images: int) -> float:
-    """Seconds of infer alone over `images` images: the source's distinct images are
-    letterboxed once, staged in batches, and cycled."""
+def engine_alone(infers: list[Callable], ds: CocoDataset, imgsz: int, batch: int,
+                 images: int) -> float:
+    """Wall seconds of the callables alone over `images` images, one thread each as the
+    pass runs them: the source's distinct images are letterboxed once, staged in
+    batches, and cycled."""
     distinct = min(len(ds), images)
     chw = np.stack([letterbox(ds.load_rgb(i), imgsz)[0] for i in ds.image_ids[:distinct]])
     batches = [chw[i : i + batch] for i in range(0, distinct, batch)]
-    done, spent, k = 0, 0.0, 0
-    while done < images:
-        x = batches[k % len(batches)][: images - done]
-        t0 = time.perf_counter()
-        infer(x)
-        spent += time.perf_counter() - t0
-        done += len(x)
-        k += 1
-    return spent
+    share = -(-images // len(infers))
+
+    def loop(infer: Callable) -> None:
+        done, k = 0, 0
+        while done < share:
+            x = batches[k % len(batches)][: share - done]
+            infer(x)
+            done += len(x)
+            k += 1
+
+    workers = [threading.Thread(target=loop, args=(f,)) for f in infers]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return (time.perf_counter() - start) * images / (share * len(infers))
 
 
 def timed_eval(coco, results: np.ndarray, evaluator: str) -> tuple[dict, float, float]:
@@ -191,14 +195,19 @@ def timed_eval(coco, results: np.ndarray, evaluator: str) -> tuple[dict, float, 
 
 def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
     ds = replicated(source, args.images, work / "replicated")
-    infer, imgsz = ort_infer(args.threads)
+    infer, ort_engine, imgsz = ort_streams(args.threads, args.streams)
     print(f"evaluation set: {len(ds)} images ({min(len(source), len(ds))} distinct),"
           f" {len(ds.coco.anns)} annotations; model: embedded default at {imgsz} px,"
-          f" ONNX Runtime CPU, {args.threads} threads, batch {args.batch}")
+          f" ONNX Runtime CPU, {args.threads} threads in {len(infer)} stream(s), batch"
+          f" {args.batch}")
     cache = LetterboxCache()  # as a session shares it between its variants
-    for k, name in enumerate(("cold: the first variant", "warm: later variants")[: args.passes]):
-        res, engine, mem_mb = one_pass(args, infer, ds, source, imgsz, cache)
-        report_pass(f"1{'ab'[k]}. accuracy pass, {name}", res, engine, mem_mb, len(ds))
+    try:
+        for k, name in enumerate(("cold: the first variant",
+                                  "warm: later variants")[: args.passes]):
+            res, engine, mem_mb = one_pass(args, infer, ds, source, imgsz, cache)
+            report_pass(f"1{'ab'[k]}. accuracy pass, {name}", res, engine, mem_mb, len(ds))
+    finally:
+        ort_engine.deactivate()
     print(f"   letterbox cache: {len(cache)} images, {cache.used / 2**20:.0f} MB"
           f" (bounded by its max_bytes, {cache.max_bytes / 2**20:.0f} MB)")
     results, res = res.results, None
@@ -220,8 +229,8 @@ def one_pass(args, infer, ds, source, imgsz, cache):
     after = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     cached_mb += cache.used / 2**20
     print(f"   (letterbox cache grew by {cached_mb:.0f} MB: left out of the peak below)")
-    print(f"   (engine alone on {probe} images: {1000 * before:.1f} ms/img before,"
-          f" {1000 * after:.1f} after)")
+    print(f"   (engine alone, its {len(infer)} stream(s) in threads, on {probe} images:"
+          f" {1000 * before:.1f} ms/img before, {1000 * after:.1f} after)")
     return res, (before + after) / 2 * len(ds), mem.extra_mb - cached_mb
 
 
@@ -286,8 +295,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=VAL2017_IMAGES)
     parser.add_argument("--per-image", type=int, default=300,
                         help="detections an image in part 2")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=BenchConfig().eval_batch,
+                        help="images a call (default: the suite's eval_batch, %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=BenchConfig().eval_streams,
+                        help="inferences at once (default: the suite's, as many as cores)")
     parser.add_argument("--engine-probe", type=int, default=500,
                         help="images the engine alone is timed on, before and after the pass")
     parser.add_argument("--passes", type=int, choices=(1, 2), default=2,

@@ -129,8 +129,9 @@ class NumpyEval:
         rows = np.nonzero(i_ok & k_ok)[0]
         d_pair = d_img[rows] * n_cat + d_cat[rows]
         score = results[rows, 5]
-        # by pair, then score (highest first), ties in the results' order
-        order = np.lexsort((rows, -score, d_pair))
+        # by pair, then score (highest first), ties in the results' order (lexsort is
+        # stable and rows ascend)
+        order = np.lexsort((-score, d_pair))
         d_pair, rows = d_pair[order], rows[order]
         starts = np.searchsorted(d_pair, d_pair, side="left")
         rank = np.arange(len(d_pair)) - starts
@@ -235,7 +236,7 @@ class NumpyEval:
                     # rc[-1] = tp_sum[-1] / npig: the count as a float, as accumulate has it
                     counted = np.count_nonzero(tps[:, ranks < max_det], axis=1).astype(float)
                     recall[:, k, a, m] = counted / npig
-                fp_sum = np.cumsum(~hit & ~ign, axis=1)
+                fp_sum = np.cumsum(~hit & ~ign, axis=1, dtype=np.int32)
                 for t in range(n_t):
                     at = np.flatnonzero(tps[t])
                     tp = np.arange(1, len(at) + 1).astype(float)
