@@ -9,8 +9,8 @@ results array (RESULT_COLUMNS); the harness never builds per-detection dicts its
 
 Measured (2 cores, 2026-12-02): the default's 46k detections on its 250 images took
 0.08-0.11 s in "numpy", 0.25-0.30 s in "faster" and 1.9-2.0 s in pycocotools; at
-val2017's shape (5000 images, 1.5 M detections) 3.2-3.7 s in "numpy", 13.0-15.2 s in
-"faster" and 104 s in pycocotools (scripts/bench_eval_scale.py prints these).
+val2017's shape (5000 images, 1.5 M detections) 2.5-3.7 s in "numpy", 12.9-15.2 s in
+"faster" and 77-104 s in pycocotools (scripts/bench_eval_scale.py prints these).
 """
 
 from __future__ import annotations
