@@ -151,7 +151,7 @@ def jittered_detections(data: dict, per_image: int, rng: np.random.Generator) ->
 def ort_streams(threads: int, streams: int | None):
     """The embedded default on ONNX Runtime as the suite opens it for the accuracy pass:
     Engine.infer_streams' callables (streams of threads // streams threads each; one
-    stream is the latency session itself), the engine (to close) and the image size."""
+    stream is the latency session itself), the engine (to deactivate) and the image size."""
     from bench.engines.ort import OrtEngine, OrtOptions
 
     engine = OrtEngine(default_model_path(), options=OrtOptions(threads=threads)).activate()
