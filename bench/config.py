@@ -208,7 +208,7 @@ HELP = {
     "latency_blocks": "blocks the latency pass splits its rounds into, each followed by a "
                       "block of fp32 and of the speed probe (drift cancels between them)",
     "evaluator": "COCO evaluator: numpy (the default: this project's, vectorised; the same "
-                 "floats as pycocotools, 4x faster than faster-coco-eval on the default), "
+                 "floats as pycocotools, 2-4x faster than faster-coco-eval), "
                  "faster (faster-coco-eval) or pycocotools (the reference)",
     "coco_lenient": "drop invalid COCO annotations (non-positive boxes, unknown images or "
                     "categories) and count them in the report, instead of stopping",

@@ -104,6 +104,7 @@ class NumpyEval:
         self._n_thr, self._n_area = len(p.iouThrs), len(p.areaRng)
         self._prepare(gt, img_ids, np.asarray(results, dtype=np.float64).reshape(-1, 7))
         self._match()
+        self._rank_order = [self._ranked(k) for k in range(self._n_cat)]
         self.eval = self._accumulate()
         self.stats = self._summarize()
 
@@ -204,6 +205,16 @@ class NumpyEval:
         order = np.lexsort((self._d_rank[idx], self._d_img[idx], -self._d_score[idx]))
         return idx[order]
 
+    def _flags(self, k: int, a: int, max_det: int) -> tuple[np.ndarray, ...]:
+        """Category k's detections of rank < max_det in accumulate's order, for area a:
+        their images, their ranks and the [T, D] true / false positive flags (an ignored
+        detection is neither)."""
+        ranked = self._rank_order[k]
+        sel = ranked[self._d_rank[ranked] < max_det]
+        rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
+        hit, ign = self._hit[rows][:, sel], self._d_ignore[rows][:, sel]
+        return self._d_img[sel], self._d_rank[sel], hit & ~ign, ~hit & ~ign
+
     def _accumulate(self) -> dict[str, np.ndarray]:
         """precision [T, R, K, A, M] and recall [T, K, A, M] as accumulate leaves them,
         except that precision is computed for maxDets[-1] only, the one summarize reads
@@ -219,24 +230,19 @@ class NumpyEval:
                                    len(p.maxDets))
         precision = -np.ones((n_t, n_r, n_k, n_a, n_m))
         recall = -np.ones((n_t, n_k, n_a, n_m))
-        self._rank_order = [self._ranked(k) for k in range(n_k)]
         top = n_m - 1
         for k in range(n_k):
-            ranked = self._rank_order[k]
-            ranks = self._d_rank[ranked]
             of_k = self._g_cat == k
             for a in range(n_a):
                 npig = int(np.count_nonzero(of_k & ~self._g_ignore[a]))
                 if npig == 0:
                     continue
-                rows = slice(a * n_t, (a + 1) * n_t)
-                hit, ign = self._hit[rows][:, ranked], self._d_ignore[rows][:, ranked]
-                tps = hit & ~ign
+                _, ranks, tps, fps = self._flags(k, a, p.maxDets[-1])
                 for m, max_det in enumerate(p.maxDets[:-1]):
                     # rc[-1] = tp_sum[-1] / npig: the count as a float, as accumulate has it
                     counted = np.count_nonzero(tps[:, ranks < max_det], axis=1).astype(float)
                     recall[:, k, a, m] = counted / npig
-                fp_sum = np.cumsum(~hit & ~ign, axis=1, dtype=np.int32)
+                fp_sum = np.cumsum(fps, axis=1, dtype=np.int32)
                 for t in range(n_t):
                     at = np.flatnonzero(tps[t])
                     tp = np.arange(1, len(at) + 1).astype(float)
@@ -286,18 +292,13 @@ class NumpyEval:
         if area not in p.areaRngLbl:
             raise InputDataError(f"area {area!r}: the evaluation's areas are {p.areaRngLbl}")
         a = p.areaRngLbl.index(area)
-        rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
         plain = ~self._g_ignore[a]
         gt_count = np.zeros((self._n_img, self._n_cat))
         np.add.at(gt_count, (self._g_pair[plain] // self._n_cat, self._g_cat[plain]), 1.0)
-        per_cat = []
-        for k in range(self._n_cat):
-            ranked = self._rank_order[k]
-            sel = ranked[self._d_rank[ranked] < max_det]
-            hit, ign = self._hit[rows][:, sel], self._d_ignore[rows][:, sel]
-            per_cat.append((self._d_img[sel], hit & ~ign, ~hit & ~ign))
+        per_cat = [self._flags(k, a, max_det) for k in range(self._n_cat)]
         segments = [_segment(k, img, tps[t], fps[t], self._n_img)
-                    for t in range(self._n_thr) for k, (img, tps, fps) in enumerate(per_cat)]
+                    for t in range(self._n_thr)
+                    for k, (img, _, tps, fps) in enumerate(per_cat)]
         return MatchTable(tuple(p.imgIds), tuple(p.catIds), gt_count, tuple(segments),
                           np.asarray(p.recThrs, dtype=np.float64))
 
