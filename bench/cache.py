@@ -103,6 +103,12 @@ class ArtifactCache:
         self.root = Path(root)
         self.swept: list[Path] = self._sweep() if sweep else []
 
+    def get(self, kind: str, parts: Mapping[str, Any], suffix: str) -> Artifact | None:
+        """The verified cached artifact for parts, or None (absent, or not usable)."""
+        key = cache_key(parts)
+        folder = self.root / kind
+        return _lookup(key, folder / f"{key}{suffix}", folder / f"{key}.json")[0]
+
     def get_or_build(self, kind: str, parts: Mapping[str, Any], suffix: str,
                      build: Callable[[Path], Mapping[str, Any] | None]) -> Artifact:
         """Return the cached artifact for parts, or call build(tmp_path) and store it.

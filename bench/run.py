@@ -48,6 +48,7 @@ class RunContext:
         self._error: BenchError | None = None
         self._build: BuildContext | None = None
         self._letterboxed: LetterboxCache | None = None
+        self._letterbox_stored = False  # the letterboxed images are in the artifact cache
         self._staged: np.ndarray | None = None
         self._fingerprints: dict[str, Fingerprint] = {}  # computed once: they hash files
 
@@ -97,7 +98,58 @@ class RunContext:
 
         if self._letterboxed is None:
             self._letterboxed = LetterboxCache()
+            self._letterbox_stored = self._load_letterboxed(self._letterboxed)
         return self._letterboxed
+
+    def _letterbox_store(self) -> tuple[ArtifactCache, dict, list[int]] | None:
+        """(cache, key parts, ids) of the run's stored letterboxed images; None when they
+        would not fit the in-memory cache (not stored, so their files are not hashed) or
+        cannot all be read (the pass then says which one)."""
+        from bench.data.letterbox_store import store_parts
+        from bench.eval.accuracy import select_ids
+
+        inputs = self.inputs()
+        ids = select_ids(inputs.dataset, self.cfg.eval_count)
+        if len(ids) * 3 * inputs.imgsz ** 2 > self.letterboxed().max_bytes:
+            return None
+        try:
+            parts = store_parts([inputs.dataset.image_path(i) for i in ids], inputs.imgsz)
+        except OSError:
+            return None
+        return ArtifactCache(Path(self.cfg.cache_dir) / "artifacts", sweep=False), parts, ids
+
+    def _load_letterboxed(self, memory: LetterboxCache) -> bool:
+        """Fill `memory` from the stored letterboxed images (bench.data.letterbox_store);
+        whether it was."""
+        from bench.data.letterbox_store import load
+
+        store = self._letterbox_store()
+        items = load(*store) if store is not None else None
+        if items is None:
+            return False
+        for image_id, (canvas, box) in zip(store[2], items, strict=True):
+            memory.put((image_id, self.inputs().imgsz), canvas, box)
+        return len(memory) == len(items)
+
+    def _store_letterboxed(self) -> None:
+        """After a pass prepared every image: keep them for the next run (a cache; a
+        failure to write it costs the next run time, nothing else)."""
+        from bench.data.letterbox_store import save
+
+        if self._letterbox_stored or self._letterboxed is None:
+            return
+        store = self._letterbox_store()
+        if store is None:
+            return
+        cache, parts, ids = store
+        items = self._letterboxed.items(ids, self.inputs().imgsz)
+        if items is None:  # past the in-memory budget: not stored
+            return
+        try:
+            save(cache, parts, ids, items)
+        except (OSError, BenchError):
+            return
+        self._letterbox_stored = True
 
     def staged_batch(self) -> np.ndarray:
         """The first evaluation image, letterboxed, repeated to the latency batch size."""
@@ -116,12 +168,14 @@ class RunContext:
         from bench.eval.accuracy import run_accuracy
 
         inputs, cfg = self.inputs(), self.cfg
-        return run_accuracy(
+        result = run_accuracy(
             engine.infer_streams(cfg.eval_streams), inputs.dataset, imgsz=inputs.imgsz,
             batch=cfg.eval_batch, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
             eval_count=cfg.eval_count, progress=cfg.progress, fixed_batch=inputs.fixed_batch,
             cache=self.letterboxed(), label=label, evaluator=cfg.evaluator, keep_matches=True,
             keep_results=True)
+        self._store_letterboxed()
+        return result
 
     def score(self, results: np.ndarray):
         """A results array scored as the accuracy pass scores its own (the run's images,

@@ -152,6 +152,11 @@ class LetterboxCache:
                 self._items[key] = (canvas, box)
                 self.used += canvas.nbytes
 
+    def items(self, ids: Sequence[int], imgsz: int) -> list[tuple[np.ndarray, Letterbox]] | None:
+        """Every id's canvas and placement at imgsz, in order; None unless all are held."""
+        found = [self._items.get((i, imgsz)) for i in ids]
+        return None if any(f is None for f in found) else found  # type: ignore[return-value]
+
     def __len__(self) -> int:
         return len(self._items)
 
