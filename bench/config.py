@@ -81,6 +81,7 @@ class BenchConfig:
     map_tolerance: float = 0.005
     latency_tolerance: float = 0.05
     latency_blocks: int = 15
+    reference_every: int = 2
     fail_inconclusive: bool = False
     evaluator: str = "numpy"
     coco_lenient: bool = False
@@ -115,7 +116,7 @@ class BenchConfig:
             raise ConfigError(f"option variants: {repeated[0]!r} given twice; "
                               "expected each variant once")
         _check_positive(self, ("calib_count", "batch", "eval_batch", "max_det", "bench_rounds",
-                               "latency_blocks",
+                               "latency_blocks", "reference_every",
                                "qat_images", "power_interval_s", "qat_lr"))
         _check_positive(self, ("eval_count", "eval_streams", "imgsz", "threads", "qat_iters",
                                "qat_epochs", "qat_minutes"), optional=True)
@@ -207,6 +208,8 @@ HELP = {
                          "then must lie above 1 + this to fail (0.05 = 5 %)",
     "latency_blocks": "blocks the latency pass splits its rounds into, each followed by a "
                       "block of fp32 and of the speed probe (drift cancels between them)",
+    "reference_every": "variant blocks timed between two blocks of fp32 and the speed probe "
+                       "(1: R V R V ...; 2: R V V R V V ..., about a third less time)",
     "evaluator": "COCO evaluator: numpy (the default: this project's, vectorised; the same "
                  "floats as pycocotools, 2-4x faster than faster-coco-eval), "
                  "faster (faster-coco-eval) or pycocotools (the reference)",
@@ -219,7 +222,7 @@ HELP = {
                  "(int8-auto's groups as well, int8-auto built or taken from the cache first; "
                  "the row fails if int8-auto cannot be built)",
     "qat_iters": "QAT optimiser steps of 8 images "
-                 "(default: one pass over --qat-images, at least 200)",
+                 "(default: one pass over --qat-images, at least 100)",
     "qat_epochs": "QAT passes over the QAT images (instead of --qat-iters)",
     "qat_minutes": "QAT wall-clock budget in minutes (stops early)",
     "qat_images": "calibration-split images QAT distils on",

@@ -74,7 +74,7 @@ class BenchSession:
         self.rows: dict[str, ResultRow] = {}
         self.refs = References(self.run)
         self.measurer = Measurer(rounds=cfg.bench_rounds, blocks=cfg.latency_blocks,
-                                 warmup=cfg.bench_warmup)
+                                 warmup=cfg.bench_warmup, per_reference=cfg.reference_every)
         self._judge: Judge | None = None
         self._environment: dict[str, Any] | None = None
         self._fp32_matches: object | None = None  # fp32's per-image matches (bootstrap)

@@ -31,6 +31,8 @@ from bench.config import load_config  # noqa: E402
 from bench.report.baseline import promote  # noqa: E402
 from bench.session import BenchSession  # noqa: E402
 
+PASS_SECONDS: list[float] = []  # every judged row's latency pass, for the summary
+
 
 def run_once(model: Path, coco: Path, work: Path, args: argparse.Namespace,
              eval_count: int | None) -> tuple[BenchSession, Path]:
@@ -39,7 +41,8 @@ def run_once(model: Path, coco: Path, work: Path, args: argparse.Namespace,
         "eval_count": eval_count, "results_dir": str(work / "results"),
         "baseline": str(work / "baseline.json"), "cache_dir": str(args.cache),
         "progress": False, "power": "none", "latency_tolerance": args.tolerance,
-        "bench_rounds": args.rounds, "latency_blocks": args.blocks}, env={}, pyproject=None)
+        "bench_rounds": args.rounds, "latency_blocks": args.blocks,
+        "reference_every": args.reference_every}, env={}, pyproject=None)
     session = BenchSession(cfg)
     for variant in cfg.variants:
         prepared = session.prepare(variant)
@@ -61,6 +64,8 @@ def latency_trials(name: str, baseline_model: Path, trial_model: Path, coco: Pat
         session, _ = run_once(_named(trial_model, work / "b"), coco, work, args, args.eval_count)
         row_verdicts = [r.baseline_latency_verdict or "none" for r in session.rows.values()]
         verdicts += row_verdicts
+        PASS_SECONDS.extend(float((r.extra or {}).get("latency_pass_s") or 0.0)
+                            for r in session.rows.values())
         ratios = [f"{r.variant} {r.baseline_latency_ratio:.3f}"
                   f" [{r.baseline_latency_low:.3f}, {r.baseline_latency_high:.3f}]"
                   for r in session.rows.values() if r.baseline_latency_ratio]
@@ -122,6 +127,9 @@ def main() -> int:
                              "what they test)")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--reference-every", type=int, default=None,
+                        help="variant blocks between reference blocks (default: the "
+                             "suite's default)")
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--slowdown", type=float, default=1.10)
     parser.add_argument("--shrink", default="0.98,0.975",
@@ -163,6 +171,11 @@ def main() -> int:
                          for drop, flagged in losses)
         figures.append(f"accuracy losses {said}; unchanged model "
                        f"{'FLAGGED on mAP' if unchanged else 'not flagged on mAP'}")
+    if PASS_SECONDS:
+        import numpy as np
+
+        figures.append(f"latency pass of a judged row: median {np.median(PASS_SECONDS):.2f} s "
+                       f"({len(PASS_SECONDS)} rows)")
     print("\n".join(["", "selftest of the verdicts", *figures,
                      f"({time.perf_counter() - began:.0f} s)"]))
     return 0

@@ -105,8 +105,9 @@ def test_speedup_is_paired_with_fp32_blocks_timed_beside_the_variant(
     fp32, int8 = (_run(session, v) for v in ("fp32", "int8-max"))
     assert fp32.extra[BLOCKS_KEY]["reference_ms"] == []  # fp32 itself is not paired
     blocks = int8.extra[BLOCKS_KEY]
-    assert len(blocks["variant_ms"]) == 3 and len(blocks["reference_ms"]) == 4
-    assert len(blocks["probe_ms"]) == 4 and int8.probe_ms > 0
+    # R P | V V R P | V R P: the default --reference-every 2
+    assert len(blocks["variant_ms"]) == 3 and len(blocks["reference_ms"]) == 3
+    assert len(blocks["probe_ms"]) == 3 and int8.probe_ms > 0 and blocks["per_reference"] == 2
     assert int8.speedup_low <= int8.speedup_vs_fp32 <= int8.speedup_high
     assert int8.extra[PAIRED_KEY] > 0
     assert int8.latency_ms.ci_low <= int8.latency_ms.median <= int8.latency_ms.ci_high

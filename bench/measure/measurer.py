@@ -7,7 +7,9 @@ block the fp32 reference and the fixed speed probe each run a block of their own
     R0 P0 | V1 R1 P1 | V2 R2 P2 | ... | Vn Rn Pn
 
 Variant block k is compared with its neighbours R(k-1), R(k) (the speedup) and P(k-1),
-P(k) (latency normalised by the probe, which is what is compared across runs). Every
+P(k) (latency normalised by the probe, which is what is compared across runs). With
+per_reference > 1 (--reference-every), that many variant blocks run between two
+reference blocks and share them (R0 P0 | V1 V2 R1 P1 | ...). Every
 block starts settled: a few untimed calls, after a pause as long as the engine declares
 (Engine.settle_pause_s). ONNX Runtime's intra-op pools spin after each call unless told to
 stop, and a session that ran last then slows the next one by 30-50 % until it stops; its
@@ -48,16 +50,18 @@ def plain_timer(target: Callable[[], object], rounds: int, setup: Callable[[], o
 
 @dataclass(frozen=True)
 class Blocks:
-    """Block medians in ms: n variant blocks, n+1 reference and probe blocks around them
-    (empty tuples when that reference was not run)."""
+    """Block medians in ms: n variant blocks, in groups of per_reference, and one reference
+    and probe block before each group and after the last (empty tuples when that
+    reference was not run)."""
 
     variant_ms: tuple[float, ...]
     reference_ms: tuple[float, ...] = ()
     probe_ms: tuple[float, ...] = ()
+    per_reference: int = 1
 
-    def to_dict(self) -> dict[str, list[float]]:
+    def to_dict(self) -> dict[str, list[float] | int]:
         return {"variant_ms": list(self.variant_ms), "reference_ms": list(self.reference_ms),
-                "probe_ms": list(self.probe_ms)}
+                "probe_ms": list(self.probe_ms), "per_reference": self.per_reference}
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,9 @@ class Measurer:
     cannot be made and the caller says so).
     """
 
-    def __init__(self, *, rounds: int, blocks: int, warmup: int):
+    def __init__(self, *, rounds: int, blocks: int, warmup: int, per_reference: int = 1):
         self.rounds, self.blocks, self.warmup = rounds, max(1, min(blocks, rounds)), warmup
+        self.per_reference = max(1, per_reference)
 
     def measure(self, engine: Engine, batch: np.ndarray, *, reference: Engine | None,
                 probe: tuple[Engine, np.ndarray] | None, sampler: Sampler,
@@ -152,7 +157,8 @@ class Measurer:
             if done[0] % size == 0:
                 if done[0]:
                     block_medians.append(float(np.median(seconds[-size:]) * 1000.0))
-                references()
+                if len(block_medians) % self.per_reference == 0:
+                    references()
                 variant.settle()
 
         def target() -> None:
@@ -166,7 +172,8 @@ class Measurer:
         if tail > 0:
             block_medians.append(float(np.median(seconds[-tail:]) * 1000.0))
             references()
-        return seconds, Blocks(tuple(block_medians), tuple(ref_out), tuple(probe_out))
+        return seconds, Blocks(tuple(block_medians), tuple(ref_out), tuple(probe_out),
+                               self.per_reference)
 
     def _power_window(self, engine: Engine, batch: np.ndarray,
                       sampler: Sampler) -> tuple[PowerReading, int]:

@@ -190,27 +190,42 @@ def block_medians(blocks: Sequence[Sequence[float] | float], what: str) -> np.nd
                      for i, b in enumerate(blocks)])
 
 
-def neighbour_means(reference: np.ndarray, n_variant: int, what: str) -> np.ndarray:
-    """For variant block i timed between reference blocks i and i + 1 (the order R0 V0 R1 V1
-    ... [Rn]), the mean of its neighbours; the last variant block, when no reference block
-    follows it, takes its one neighbour."""
-    if len(reference) not in (n_variant, n_variant + 1):
+def bracketing(reference: np.ndarray, n_variant: int, what: str, per_reference: int = 1,
+               kind: str = "reference") -> tuple[np.ndarray, np.ndarray]:
+    """For each of n_variant blocks timed in groups of per_reference between reference
+    blocks (the order R0 V0 R1 V1 ... [Rn] for 1, R0 V0 V1 R1 V2 V3 ... [Rn] for 2), the
+    reference block before its group and the one after; the last group, when no reference
+    block follows it, takes the one before as both."""
+    if per_reference < 1:
+        raise StatsError(f"{what}: per_reference {per_reference!r}; expected >= 1")
+    groups = -(-n_variant // per_reference)
+    if len(reference) not in (groups, groups + 1):
+        order = " ".join(["V"] * per_reference)
         raise StatsError(
-            f"{what}: {len(reference)} reference blocks for {n_variant} variant blocks;"
-            f" expected {n_variant} or {n_variant + 1} (order R V R V ... [R])"
+            f"{what}: {len(reference)} {kind} blocks for {n_variant} variant blocks in"
+            f" groups of {per_reference}; expected {groups} or {groups + 1}"
+            f" (order R {order} R {order} ... [R])"
         )
-    following = reference[1:]
-    if len(reference) == n_variant:
-        following = np.append(following, reference[-1])
-    return (reference[:n_variant] + following[:n_variant]) / 2.0
+    group = np.arange(n_variant) // per_reference
+    following = np.append(reference[1:], reference[-1])
+    return reference[group], following[group]
+
+
+def neighbour_means(reference: np.ndarray, n_variant: int, what: str,
+                    per_reference: int = 1) -> np.ndarray:
+    """For each variant block, the mean of the reference blocks that bracket its group
+    (bracketing); with per_reference 1, of the blocks just before and just after it."""
+    before, after = bracketing(reference, n_variant, what, per_reference)
+    return (before + after) / 2.0
 
 
 def paired_ratios(variant_blocks: Sequence[Sequence[float] | float],
-                  reference_blocks: Sequence[Sequence[float] | float]) -> np.ndarray:
-    """reference / variant per variant block (its neighbouring reference blocks averaged)."""
+                  reference_blocks: Sequence[Sequence[float] | float],
+                  per_reference: int = 1) -> np.ndarray:
+    """reference / variant per variant block (its bracketing reference blocks averaged)."""
     variant = block_medians(variant_blocks, "variant")
     reference = neighbour_means(block_medians(reference_blocks, "reference"), len(variant),
-                                "paired_ratio")
+                                "paired_ratio", per_reference)
     if np.any(variant <= 0) or np.any(reference <= 0):
         raise StatsError("paired_ratio: block medians must be > 0 (latencies)")
     return reference / variant
@@ -218,31 +233,35 @@ def paired_ratios(variant_blocks: Sequence[Sequence[float] | float],
 
 def paired_ratio(variant_blocks: Sequence[Sequence[float] | float],
                  reference_blocks: Sequence[Sequence[float] | float],
-                 confidence: float = 0.95) -> Interval:
+                 confidence: float = 0.95, per_reference: int = 1) -> Interval:
     """Speedup of the variant against the reference: the median of paired block ratios.
 
-    Blocks are timed alternately, R0 V0 R1 V1 ... with an optional closing Rn; each block is a
-    sequence of timed calls (or one figure) and gives its median. Variant block i is paired with
-    the mean of reference blocks i and i + 1 (only i when no block follows), and the ratio is
-    reference / variant, so > 1 means the variant is faster. The interval is the order-statistic
-    CI of the median of the ratios.
+    Blocks are timed alternately, R0 V0 R1 V1 ... with an optional closing Rn (or with
+    per_reference variant blocks between reference blocks: R0 V0 V1 R1 ...); each block is
+    a sequence of timed calls (or one figure) and gives its median. Variant block i is
+    paired with the mean of the reference blocks before and after its group (only the one
+    before when none follows), and the ratio is reference / variant, so > 1 means the
+    variant is faster. The interval is the order-statistic CI of the median of the ratios.
 
     Assumptions: each block is settled (no spin-up of the other session's threads inside it);
-    the machine's speed changes slowly next to one R V R triplet (a linear trend cancels); the
-    ratios of different triplets are independent draws of one distribution.
+    the machine's speed changes slowly next to one R V R triplet (a linear trend cancels: in
+    a group of two, the two blocks' errors are equal and opposite); the ratios of different
+    triplets are independent draws of one distribution.
     """
-    ratios = paired_ratios(variant_blocks, reference_blocks)
+    ratios = paired_ratios(variant_blocks, reference_blocks, per_reference)
     ci = median_ci(ratios, confidence)
     return Interval(ci.estimate, ci.low, ci.high, ci.confidence,
                     ci.method.replace(MEDIAN_METHOD, RATIO_METHOD), ci.n)
 
 
 def normalised_latency(variant_blocks: Sequence[Sequence[float] | float],
-                       probe_blocks: Sequence[Sequence[float] | float]) -> np.ndarray:
+                       probe_blocks: Sequence[Sequence[float] | float],
+                       per_reference: int = 1) -> np.ndarray:
     """Per-block probe-normalised latency, [blocks, 2]: each variant block median divided
-    by each of its two neighbouring probe block medians (the one before, the one after; a
-    last block with no probe after it uses the one before twice). These are the samples
-    compare_to_baseline takes and a baseline stores the blocks of.
+    by each of the two probe block medians that bracket its group of per_reference blocks
+    (the one before, the one after; a last group with no probe after it uses the one before
+    twice). These are the samples compare_to_baseline takes and a baseline stores the
+    blocks of.
 
     Why each neighbour on its own and not their mean: the machine's speed jumps between
     modes (on the 2-core VM, 4.3 against 6.5 ms for the default detector, for a few blocks at
@@ -254,15 +273,10 @@ def normalised_latency(variant_blocks: Sequence[Sequence[float] | float],
     """
     variant = block_medians(variant_blocks, "variant")
     probe = block_medians(probe_blocks, "probe")
-    if len(probe) not in (len(variant), len(variant) + 1):
-        raise StatsError(
-            f"normalised_latency: {len(probe)} probe blocks for {len(variant)} variant blocks;"
-            f" expected {len(variant)} or {len(variant) + 1} (order P V P V ... [P])"
-        )
+    before, after = bracketing(probe, len(variant), "normalised_latency", per_reference,
+                               "probe")
     if np.any(variant <= 0) or np.any(probe <= 0):
         raise StatsError("normalised_latency: block medians must be > 0 (latencies)")
-    n = len(variant)
-    before, after = probe[:n], np.append(probe[1:], probe[-1])[:n]
     return np.stack([variant / before, variant / after], axis=1)
 
 

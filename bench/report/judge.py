@@ -193,7 +193,8 @@ def relative_to_fp32(row: ResultRow, fp32: ResultRow | None) -> ResultRow:
         changes.update(delta_map_low=None, delta_map_high=None)
     blocks = _blocks(row)
     if blocks and blocks.get("reference_ms"):
-        speedup = paired_ratio(blocks["variant_ms"], blocks["reference_ms"])
+        speedup = paired_ratio(blocks["variant_ms"], blocks["reference_ms"],
+                               per_reference=_per_reference(blocks))
         changes.update(speedup_vs_fp32=speedup.estimate, speedup_low=speedup.low,
                        speedup_high=speedup.high)
     elif row.latency_ms is not None and fp32.latency_ms is not None:
@@ -268,6 +269,12 @@ def _blocks(row: ResultRow) -> Mapping[str, Sequence[float]] | None:
     return blocks if isinstance(blocks, Mapping) and blocks.get("variant_ms") else None
 
 
+def _per_reference(blocks: Mapping[str, Any]) -> int:
+    """Variant blocks per reference block (reports from before it was recorded: 1)."""
+    value = blocks.get("per_reference", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
 def _probe_of(row: ResultRow) -> Mapping[str, Any] | None:
     """The identity of the probe that normalised the row; a row from before rows recorded
     it says nothing (None), which matches only another such row: its probe was the run's
@@ -295,7 +302,8 @@ def _normalised(row: ResultRow) -> np.ndarray | None:
     if not blocks or not blocks.get("probe_ms"):
         return None
     try:
-        return normalised_latency(blocks["variant_ms"], blocks["probe_ms"])
+        return normalised_latency(blocks["variant_ms"], blocks["probe_ms"],
+                                  _per_reference(blocks))
     except BenchError:
         return None
 

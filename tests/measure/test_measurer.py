@@ -41,6 +41,21 @@ def test_blocks_interleave_reference_and_probe_around_each_variant_block():
     assert m.power_calls == 0  # no power source: no separate power window
 
 
+def test_reference_every_two_blocks_times_two_variant_blocks_between_references():
+    import re
+
+    log = []
+    variant, ref, probe = Clock("v", 0.001, log), Clock("r", 0.001, log), Clock("p", 0.001, log)
+    m = Measurer(rounds=10, blocks=5, warmup=0, per_reference=2).measure(
+        variant, np.zeros(1), reference=ref, probe=(probe, np.zeros(1)), sampler=NoneSampler())
+    assert len(m.blocks.variant_ms) == 5 and m.blocks.per_reference == 2
+    # R P | V V R P | V V R P | V R P: one reference and probe block per group and a last one
+    assert len(m.blocks.reference_ms) == len(m.blocks.probe_ms) == 4
+    runs = re.sub(r"(.)\1*", r"\1", "".join(log[1:]))  # after the timed warm call, squeezed
+    assert runs == "rpvrpvrpvrp"
+    assert m.blocks.to_dict()["per_reference"] == 2
+
+
 def test_a_short_probe_spans_as_long_as_the_variant_block():
     log = []
     variant, probe = Clock("v", 0.01, log), Clock("p", 0.001, log)

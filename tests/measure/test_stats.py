@@ -9,6 +9,7 @@ import pytest
 from bench.measure.stats import (
     Interval,
     StatsError,
+    bracketing,
     compare_to_baseline,
     median_ci,
     median_ranks,
@@ -86,6 +87,30 @@ def test_paired_ratio_without_a_closing_reference_block_uses_one_neighbour():
     assert ratios.estimate == pytest.approx(3.5)
     with pytest.raises(StatsError, match="3 reference blocks for 1 variant blocks"):
         paired_ratio([[1.0]], [[1.0], [1.0], [1.0]])
+
+
+def test_blocks_in_groups_share_the_reference_blocks_that_bracket_the_group():
+    before, after = bracketing(np.array([1.0, 2.0, 3.0]), 5, "x", per_reference=2)
+    assert before.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0]  # R0 V0 V1 R1 V2 V3 R2 V4
+    assert after.tolist() == [2.0, 2.0, 3.0, 3.0, 3.0]  # V4: no R3, the one before twice
+    before, after = bracketing(np.array([1.0, 2.0, 3.0, 4.0]), 5, "x", per_reference=2)
+    assert after.tolist() == [2.0, 2.0, 3.0, 3.0, 4.0]
+    with pytest.raises(StatsError, match="2 probe blocks for 5 variant blocks in groups of 2"):
+        bracketing(np.array([1.0, 2.0]), 5, "x", per_reference=2, kind="probe")
+    norm = normalised_latency([6.0, 6.0, 6.0], [2.0, 3.0, 6.0], per_reference=2)
+    assert norm.tolist() == [[3.0, 2.0], [3.0, 2.0], [2.0, 1.0]]
+
+
+def test_paired_ratio_in_groups_of_two_cancels_a_linear_drift_in_the_median():
+    # R V V R V V ... R: the machine slows by 3 % per block, the variant truly 2x faster.
+    # The group's first block errs one way, its second the other way by as much.
+    slots = np.arange(31)
+    speed = 1.0 + 0.03 * slots
+    reference = [np.full(5, 10.0 * s) for s in speed[0::3]]  # 11 blocks
+    variant = [np.full(5, 5.0 * s) for t, s in zip(slots, speed) if t % 3]  # 20 blocks
+    ci = paired_ratio(variant, reference, per_reference=2)
+    assert ci.estimate == pytest.approx(2.0, rel=2e-3) and ci.low < 2.0 < ci.high
+    assert ci.n == 20
 
 
 def test_normalised_latency_pairs_each_block_with_each_neighbour():
