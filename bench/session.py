@@ -26,6 +26,7 @@ from bench.report.assemble import (
     skipped_row,
     variant_extra,
     with_delta_ci,
+    with_start_delta,
 )
 from bench.report.judge import PROBE_KEY
 from bench.run import RunContext
@@ -78,6 +79,7 @@ class BenchSession:
         self._judge: Judge | None = None
         self._environment: dict[str, Any] | None = None
         self._fp32_matches: object | None = None  # fp32's per-image matches (bootstrap)
+        self._ptq_matches: dict[str, object] = {}  # PTQ variant -> matches: int8-qat's start
         # each ok row's scored detections, held until finish() writes detections.npz
         self._detections: dict[str, np.ndarray] = {}
         self.diagnoser: Diagnoser | None = None  # --diagnose (bench/diagnose/session.py)
@@ -206,6 +208,12 @@ class BenchSession:
             self._reference_row()
         began = time.perf_counter()
         row = with_delta_ci(row, matches, self._fp32_matches)
+        spec = spec_of(row.variant)
+        if spec.builder == "ptq" and matches is not None:
+            self._ptq_matches[row.variant] = matches
+        if spec.builder == "qat":
+            start = f"int8-{(row.extra.get('artifact_meta') or {}).get('init')}"
+            row = with_start_delta(row, matches, self._ptq_matches.get(start), start)
         phases = {**(row.extra.get("phases_s") or {}),
                   "delta_map_ci": round(time.perf_counter() - began, 3)}
         return replace(row, extra={**row.extra, "phases_s": phases})

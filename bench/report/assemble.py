@@ -146,3 +146,28 @@ def with_delta_ci(row: ResultRow, matches: object | None, reference: object | No
     except BenchError as exc:  # e.g. different images: no CI rather than a wrong one
         return replace(row, extra={**row.extra, "delta_map_ci_error": one_line(exc)})
     return replace(row, delta_map_low=ci.low, delta_map_high=ci.high)
+
+
+QAT_START_KEY = "qat_vs_start"
+
+
+def with_start_delta(row: ResultRow, matches: object | None, start: object | None,
+                     start_variant: str) -> ResultRow:
+    """An int8-qat row with its ΔmAP against the PTQ variant it started from, with the
+    paired bootstrap CI over images, in extra[QAT_START_KEY]: whether the fine-tuning
+    helped, beyond the evaluation's noise. Unchanged when either side has no matches."""
+    from dataclasses import replace
+
+    from bench.errors import BenchError, one_line
+    from bench.eval.bootstrap import delta_map_ci
+
+    if matches is None or start is None:
+        return row
+    try:
+        ci = delta_map_ci(matches, start)
+    except BenchError as exc:
+        found: dict[str, object] = {"start": start_variant, "error": one_line(exc)}
+    else:
+        found = {"start": start_variant, "delta": ci.estimate, "low": ci.low, "high": ci.high,
+                 "confidence": ci.confidence}
+    return replace(row, extra={**row.extra, QAT_START_KEY: found})

@@ -285,6 +285,7 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
                      "(fp32, variant, fp32, ...) so the machine's drift cancels; "
                      "± is the 95 % CI (latency: of the median)")
     notes += _baseline_ci_notes(rows)
+    notes += [n for n in map(qat_start_note, rows) if n]
     unpaired = [r for r in rows if (r.extra or {}).get("fp32_unavailable")
                 or (r.extra or {}).get("fp32_paired_error")]
     if unpaired:
@@ -292,6 +293,24 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
         why = unpaired[0].extra.get("fp32_unavailable") or unpaired[0].extra["fp32_paired_error"]
         notes.append(f"speedup of {names}: against the fp32 row, not paired ({why})")
     return notes
+
+
+def qat_start_note(row: ResultRow) -> str | None:
+    """int8-qat against the PTQ variant it started from, and which weights it kept."""
+    found = (row.extra or {}).get("qat_vs_start")
+    if not isinstance(found, Mapping):
+        return None
+    meta = (row.extra or {}).get("artifact_meta") or {}
+    kept = meta.get("kept")
+    before, after = meta.get("holdout_initial"), meta.get("holdout_trained")
+    held = (f" (held-out head error {before:.4f} → {after:.4f})"
+            if isinstance(before, float) and isinstance(after, float) else "")
+    kept_text = f"; kept the {kept} weights{held}" if kept else ""
+    if "delta" not in found:
+        return f"{row.variant} against its start {found.get('start')}: no CI " \
+               f"({found.get('error')}){kept_text}"
+    return (f"{row.variant} against its start {found['start']}: ΔmAP {found['delta']:+.4f} "
+            f"(95 % paired CI {found['low']:+.4f}…{found['high']:+.4f}){kept_text}")
 
 
 def _baseline_ci_notes(rows: Sequence[ResultRow]) -> list[str]:

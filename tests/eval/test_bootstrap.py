@@ -225,3 +225,27 @@ def test_evaluate_for_bootstrap_on_either_evaluator(generated):
         assert fast.image_ids == table.image_ids
         assert fast.ap()[0] == pytest.approx(reference, abs=1e-9)
         assert [len(g.tp_img) for g in fast.segments] == [len(g.tp_img) for g in table.segments]
+
+
+def test_int8_qat_row_carries_its_delta_against_the_start_it_was_trained_from(generated):
+    from bench.report.assemble import QAT_START_KEY, with_start_delta
+    from bench.report.display import qat_start_note
+    from bench.report.rows import ResultRow
+
+    gt, dets_a, dets_b = generated
+    trained, start = match_table(_evaluated(gt, dets_a)), match_table(_evaluated(gt, dets_b))
+    row = ResultRow(variant="int8-qat", status="ok", extra={"artifact_meta": {
+        "init": "mse", "kept": "trained", "holdout_initial": 0.0042, "holdout_trained": 0.0027}})
+    assert with_start_delta(row, None, start, "int8-mse") is row  # nothing to pair: unchanged
+    judged = with_start_delta(row, trained, start, "int8-mse")
+    found = judged.extra[QAT_START_KEY]
+    expected = delta_map_ci(trained, start)
+    assert found["start"] == "int8-mse" and found["delta"] == expected.estimate > 0
+    assert (found["low"], found["high"]) == (expected.low, expected.high)
+    note = qat_start_note(judged)
+    assert note.startswith(f"int8-qat against its start int8-mse: ΔmAP {expected.estimate:+.4f}")
+    assert note.endswith("kept the trained weights (held-out head error 0.0042 → 0.0027)")
+    other = match_table(_evaluated(gt, dets_b, img_ids=sorted(gt.getImgIds())[:30]))
+    refused = with_start_delta(row, trained, other, "int8-mse").extra[QAT_START_KEY]
+    assert "same images" in refused["error"] and "no CI" in qat_start_note(
+        with_start_delta(row, trained, other, "int8-mse"))
