@@ -282,7 +282,8 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
     notes = []
     if any((r.extra or {}).get(PAIRED_KEY) for r in rows):
         notes.append("speedup: median of fp32 block / variant block, timed interleaved "
-                     "(fp32, variant, fp32, ...) so the machine's drift cancels; "
+                     "(fp32 before and after each group of variant blocks) so the machine's "
+                     "drift cancels; "
                      "± is the 95 % CI (latency: of the median)")
     notes += _baseline_ci_notes(rows)
     notes += [n for n in map(qat_start_note, rows) if n]
@@ -309,8 +310,9 @@ def qat_start_note(row: ResultRow) -> str | None:
     if "delta" not in found:
         return f"{row.variant} against its start {found.get('start')}: no CI " \
                f"({found.get('error')}){kept_text}"
-    return (f"{row.variant} against its start {found['start']}: ΔmAP {found['delta']:+.4f} "
-            f"(95 % paired CI {found['low']:+.4f}…{found['high']:+.4f}){kept_text}")
+    delta, low, high = (f"{found[k]:+.4f}".replace("-", MINUS) for k in ("delta", "low", "high"))
+    return (f"{row.variant} against its start {found['start']}: ΔmAP {delta} "
+            f"(95 % paired CI {low}…{high}){kept_text}")
 
 
 def _baseline_ci_notes(rows: Sequence[ResultRow]) -> list[str]:

@@ -243,7 +243,8 @@ def test_int8_qat_row_carries_its_delta_against_the_start_it_was_trained_from(ge
     assert found["start"] == "int8-mse" and found["delta"] == expected.estimate > 0
     assert (found["low"], found["high"]) == (expected.low, expected.high)
     note = qat_start_note(judged)
-    assert note.startswith(f"int8-qat against its start int8-mse: ΔmAP {expected.estimate:+.4f}")
+    shown = f"{expected.estimate:+.4f}".replace("-", "−")
+    assert note.startswith(f"int8-qat against its start int8-mse: ΔmAP {shown}")
     assert note.endswith("kept the trained weights (held-out head error 0.0042 → 0.0027)")
     other = match_table(_evaluated(gt, dets_b, img_ids=sorted(gt.getImgIds())[:30]))
     refused = with_start_delta(row, trained, other, "int8-mse").extra[QAT_START_KEY]
