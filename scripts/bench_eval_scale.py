@@ -1,6 +1,7 @@
 """Does the accuracy pass scale to COCO val2017 (5000 images, 300 detections an image)?
 
     python scripts/bench_eval_scale.py [--images 5000] [--batch 1] [--threads 2] [--streams 2]
+                                       [--passes 2]
 
 The embedded default's evaluation set (250 generated images) is replicated to --images
 images (new ids, the same image files). Two measurements, in one process:
@@ -8,7 +9,8 @@ images (new ids, the same image files). Two measurements, in one process:
 1. The accuracy pass with the embedded default model on ONNX Runtime, as the suite runs
    it (CPU, --threads threads in --streams streams, batch --batch): load + letterbox +
    infer + decode + NMS (the ONNX Runtime decode path of bench.eval.decode_ort) + COCO
-   evaluation (--evaluator, default the harness's), timed per phase; the engine alone
+   evaluation (--evaluator, default the harness's; with the bootstrap's per-image table
+   and the results array kept, as a session keeps them), timed per phase; the engine alone
    (the same streams in threads over staged letterboxed batches, nothing else) is timed
    on a probe just before and just after, so the overhead is pass - engine. The pass runs cold
    (the first variant of a session) and then warm (later variants: letterboxed images
@@ -202,12 +204,18 @@ def accuracy_pass(args, source: CocoDataset, work: Path) -> None:
           f" {args.batch}")
     cache = LetterboxCache()  # as a session shares it between its variants
     try:
-        for k, name in enumerate(("cold: the first variant",
-                                  "warm: later variants")[: args.passes]):
+        warm: list[float] = []
+        for k in range(args.passes):
+            name = "cold: the first variant" if k == 0 else f"warm: later variants ({k})"
             res, engine, mem_mb = one_pass(args, infer, ds, source, imgsz, cache)
-            report_pass(f"1{'ab'[k]}. accuracy pass, {name}", res, engine, mem_mb, len(ds))
+            share = report_pass(f"1{chr(ord('a') + k)}. accuracy pass, {name}", res, engine,
+                                mem_mb, len(ds))
+            warm += [share] if k else []
     finally:
         ort_engine.deactivate()
+    if len(warm) > 1:
+        print(f"\n   warm passes' overhead: {', '.join(f'{w:.1%}' for w in warm)}; median "
+              f"{np.median(warm):.1%} (target <= {TARGET_OVERHEAD:.0%})")
     print(f"   letterbox cache: {len(cache)} images, {cache.used / 2**20:.0f} MB"
           f" (bounded by its max_bytes, {cache.max_bytes / 2**20:.0f} MB)")
     results, res = res.results, None
@@ -224,8 +232,10 @@ def one_pass(args, infer, ds, source, imgsz, cache):
     cached_mb = -cache.used / 2**20  # the cache's growth in this pass is reported apart
     before = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     with PeakRss() as mem:
+        # as a session runs it: the results array and the bootstrap's table kept
         res = run_accuracy(infer, ds, imgsz=imgsz, batch=args.batch, progress=args.progress,
-                           evaluator=args.evaluator, cache=cache, keep_results=True)
+                           evaluator=args.evaluator, cache=cache, keep_results=True,
+                           keep_matches=True)
     after = engine_alone(infer, source, imgsz, args.batch, probe) / probe
     cached_mb += cache.used / 2**20
     print(f"   (letterbox cache grew by {cached_mb:.0f} MB: left out of the peak below)")
@@ -234,7 +244,8 @@ def one_pass(args, infer, ds, source, imgsz, cache):
     return res, (before + after) / 2 * len(ds), mem.extra_mb - cached_mb
 
 
-def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> None:
+def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> float:
+    """Print one pass's figures; returns its overhead's share of the pass."""
     n_det = res.n_detections
     phases = res.phase_seconds
     pass_s = res.seconds
@@ -257,6 +268,7 @@ def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> None:
     print(f"   peak memory above start {mem_mb:8.0f} MB ({mem_mb * 2**20 / max(n_det, 1):.0f}"
           f" B/detection; the results array: 56 B/detection)")
     print(f"   mAP {res.metrics['map']:.4f}  AR100 {res.metrics['ar100']:.4f}")
+    return overhead / pass_s
 
 
 def val2017_shape(args, source: CocoDataset, work: Path) -> None:
@@ -302,13 +314,16 @@ def main() -> None:
                         help="inferences at once (default: the suite's, as many as cores)")
     parser.add_argument("--engine-probe", type=int, default=500,
                         help="images the engine alone is timed on, before and after the pass")
-    parser.add_argument("--passes", type=int, choices=(1, 2), default=2,
-                        help="2: a cold pass, then a warm one reusing the letterboxed images")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="a cold pass, then passes - 1 warm ones reusing the letterboxed "
+                             "images (the overhead of each, and their median, is printed)")
     parser.add_argument("--only", choices=("pass", "shape"), default=None)
     parser.add_argument("--evaluator", choices=EVALUATORS, default=DEFAULT_EVALUATOR,
                         help="the evaluator of the accuracy passes (default %(default)s)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
+    if args.passes < 1:
+        parser.error(f"--passes {args.passes}: expected at least 1 (the cold pass)")
     source = CocoDataset.open(synthetic.ensure_default(progress=True), "val")
     print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-eval-scale-") as tmp:

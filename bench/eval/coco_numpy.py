@@ -104,7 +104,6 @@ class NumpyEval:
         self._n_thr, self._n_area = len(p.iouThrs), len(p.areaRng)
         self._prepare(gt, img_ids, np.asarray(results, dtype=np.float64).reshape(-1, 7))
         self._match()
-        self._rank_order = [self._ranked(k) for k in range(self._n_cat)]
         self.eval = self._accumulate()
         self.stats = self._summarize()
 
@@ -137,11 +136,16 @@ class NumpyEval:
         starts = np.searchsorted(d_pair, d_pair, side="left")
         rank = np.arange(len(d_pair)) - starts
         kept = rank < p.maxDets[-1]
-        self._d_pair, self._d_rank = d_pair[kept], rank[kept]
-        rows = rows[kept]
+        d_pair, rank, rows = d_pair[kept], rank[kept], rows[kept]
+        # from here on, in accumulate's order: by category, then score (highest first),
+        # image, rank; a category's detections are then one slice (_flags), which
+        # matching does not mind (it goes by rank, each detection's pair written down)
+        order = np.lexsort((rank, d_pair // n_cat, -results[rows, 5], d_pair % n_cat))
+        self._d_pair, self._d_rank, rows = d_pair[order], rank[order], rows[order]
         self._d_score, self._d_box = results[rows, 5], results[rows, 1:5]
         self._d_area = results[rows, 3] * results[rows, 4]
         self._d_img, self._d_cat = self._d_pair // n_cat, self._d_pair % n_cat
+        self._cat_bounds = np.searchsorted(self._d_cat, np.arange(n_cat + 1))
         self._d_outside = (self._d_area < lo) | (self._d_area > hi)  # [areas, dets]
 
     # -- matching --
@@ -199,21 +203,18 @@ class NumpyEval:
 
     # -- accumulate and summarize, as pycocotools --
 
-    def _ranked(self, k: int) -> np.ndarray:
-        """Category k's detections as accumulate ranks them: score, then image, then rank."""
-        idx = np.flatnonzero(self._d_cat == k)
-        order = np.lexsort((self._d_rank[idx], self._d_img[idx], -self._d_score[idx]))
-        return idx[order]
-
     def _flags(self, k: int, a: int, max_det: int) -> tuple[np.ndarray, ...]:
-        """Category k's detections of rank < max_det in accumulate's order, for area a:
-        their images, their ranks and the [T, D] true / false positive flags (an ignored
-        detection is neither)."""
-        ranked = self._rank_order[k]
-        sel = ranked[self._d_rank[ranked] < max_det]
+        """Category k's detections of rank < max_det in accumulate's order (score, then
+        image, then rank), for area a: their images, their ranks and the [T, D] true /
+        false positive flags (an ignored detection is neither)."""
+        cat = slice(self._cat_bounds[k], self._cat_bounds[k + 1])
         rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
-        hit, ign = self._hit[rows][:, sel], self._d_ignore[rows][:, sel]
-        return self._d_img[sel], self._d_rank[sel], hit & ~ign, ~hit & ~ign
+        img, ranks = self._d_img[cat], self._d_rank[cat]
+        hit, ign = self._hit[rows, cat], self._d_ignore[rows, cat]
+        if max_det < self.params.maxDets[-1]:  # _prepare kept fewer than maxDets[-1] only
+            sel = ranks < max_det
+            img, ranks, hit, ign = img[sel], ranks[sel], hit[:, sel], ign[:, sel]
+        return img, ranks, hit & ~ign, ~hit & ~ign
 
     def _accumulate(self) -> dict[str, np.ndarray]:
         """precision [T, R, K, A, M] and recall [T, K, A, M] as accumulate leaves them,
