@@ -32,8 +32,9 @@ DEFAULT_BATCH = 8
 # the extra steps cost 35 s of a cold run and bought nothing the evaluation can see.
 MIN_DEFAULT_STEPS = 100
 # Bumped when training's arithmetic changes, so that the same inputs no longer find an
-# artifact trained the old way. 2: the hand-written fake-quant backward.
-TRAINER_VERSION = 2
+# artifact trained the old way. 2: the hand-written fake-quant backward. 3: the teacher's
+# cache channels-last (the loss sums in another order).
+TRAINER_VERSION = 3
 # The teacher's tensors are kept for every image up to this size (float16), else recomputed.
 TEACHER_CACHE_BYTES = 2 << 30
 
@@ -378,7 +379,12 @@ class Teacher:
         import torch
 
         n = len(self._images)
-        cache = {name: torch.empty((n, *t.shape[1:]), dtype=torch.float16)
+        # Kept in the layout the student produces (channels-last 4-D tensors): measured on
+        # a 2 M-element tap, filling took 0.086 s instead of 0.132 s and a batch's look-up
+        # plus its MSE against the student 4.3 ms instead of 6.6 ms.
+        cache = {name: torch.empty((n, *t.shape[1:]), dtype=torch.float16,
+                                   memory_format=torch.channels_last if t.dim() == 4
+                                   else torch.contiguous_format)
                  for name, t in first.items()}
         for start in range(0, n, self._batch):
             index = np.arange(start, start + self._batch) % n  # a short tail wraps round
