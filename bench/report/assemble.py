@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.measure.stats import median_ci
 from bench.report.judge import BLOCKS_KEY
-from bench.report.rows import MAP_FIELDS, PAIRED_KEY, LatencyStats, ResultRow
+from bench.report.rows import MAP_FIELDS, PAIRED_KEY, QAT_START_KEY, LatencyStats, ResultRow
 
 if TYPE_CHECKING:
     from bench.cache import Artifact
@@ -146,9 +146,6 @@ def with_delta_ci(row: ResultRow, matches: object | None, reference: object | No
     except BenchError as exc:  # e.g. different images: no CI rather than a wrong one
         return replace(row, extra={**row.extra, "delta_map_ci_error": one_line(exc)})
     return replace(row, delta_map_low=ci.low, delta_map_high=ci.high)
-
-
-QAT_START_KEY = "qat_vs_start"
 
 
 def with_start_delta(row: ResultRow, matches: object | None, start: object | None,

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report.rows import BASELINE_CI_KEY, NOT_COMPARABLE, PAIRED_KEY, ResultRow
+from bench.report.rows import (
+    BASELINE_CI_KEY,
+    NOT_COMPARABLE,
+    PAIRED_KEY,
+    QAT_START_KEY,
+    ResultRow,
+)
 
 EMPTY = "—"
 MINUS = "−"
@@ -298,7 +304,7 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
 
 def qat_start_note(row: ResultRow) -> str | None:
     """int8-qat against the PTQ variant it started from, and which weights it kept."""
-    found = (row.extra or {}).get("qat_vs_start")
+    found = (row.extra or {}).get(QAT_START_KEY)
     if not isinstance(found, Mapping):
         return None
     meta = (row.extra or {}).get("artifact_meta") or {}

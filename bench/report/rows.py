@@ -25,6 +25,8 @@ PAIRED_KEY = "fp32_paired_median_ms"
 # extra key: why a row judged against a comparable baseline has no CI of its ΔmAP against it
 BASELINE_CI_KEY = "baseline_map_ci_missing"
 NOT_COMPARABLE = "not comparable"  # its value when the evaluations differ
+# extra key of an int8-qat row: its ΔmAP against the PTQ variant it started from (with CI)
+QAT_START_KEY = "qat_vs_start"
 # The twelve COCO summary figures, in COCOeval.stats order.
 MAP_FIELDS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
               "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")

@@ -228,9 +228,9 @@ def test_evaluate_for_bootstrap_on_either_evaluator(generated):
 
 
 def test_int8_qat_row_carries_its_delta_against_the_start_it_was_trained_from(generated):
-    from bench.report.assemble import QAT_START_KEY, with_start_delta
+    from bench.report.assemble import with_start_delta
     from bench.report.display import qat_start_note
-    from bench.report.rows import ResultRow
+    from bench.report.rows import QAT_START_KEY, ResultRow
 
     gt, dets_a, dets_b = generated
     trained, start = match_table(_evaluated(gt, dets_a)), match_table(_evaluated(gt, dets_b))
