@@ -38,6 +38,9 @@ def test_bad_values_name_the_option():
         load_config({"imgsz": "100"}, env={}, pyproject=None)
     with pytest.raises(ConfigError, match="percentile"):
         BenchConfig(percentile=0)
+    with pytest.raises(ConfigError, match="option reference_every: got 0; expected a positive"):
+        load_config({"reference_every": "0"}, env={}, pyproject=None)
+    assert load_config({}, env={"BENCH_REFERENCE_EVERY": "3"}, pyproject=None).reference_every == 3
 
 
 def test_profile_follows_backend():
