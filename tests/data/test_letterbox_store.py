@@ -83,3 +83,17 @@ def test_a_second_run_reads_the_store_and_scores_the_same(tmp_path, tiny_detecto
         rotated = original.convert("RGB").rotate(180)
     rotated.save(image, format=original.format)
     assert len(RunContext(cfg).letterboxed()) == 0
+
+
+def test_a_set_past_the_memory_budget_is_not_stored(tmp_path, tiny_detector, tiny_coco):
+    from bench.measure.references import References
+
+    run = RunContext(_config(tmp_path, tiny_detector, tiny_coco))
+    run.letterboxed().max_bytes = 1  # no image fits: every pass prepares them from files
+    engine = References(run).open("fp32", run.build_context().model_path)
+    try:
+        scored = run.accuracy(engine, "fp32 accuracy")
+    finally:
+        engine.deactivate()
+    assert scored.n_images == 6 and len(run.letterboxed()) == 0
+    assert not list((tmp_path / "cache" / "artifacts").glob("letterbox/*.npz"))
