@@ -51,6 +51,14 @@ def test_same_seed_gives_identical_bytes(tiny, tmp_path):
     assert _tree(again) == _tree(tiny)
 
 
+def test_the_files_do_not_depend_on_the_rendering_threads(tiny, tmp_path, monkeypatch):
+    one = synthetic.generate(tmp_path / "one", n_train=6, n_eval=6, progress=False, workers=1)
+    monkeypatch.setattr(synthetic, "_RENDER_CHUNK", 4)  # several chunks a split
+    three = synthetic.generate(tmp_path / "three", n_train=6, n_eval=6, progress=False,
+                               workers=3)
+    assert _tree(one) == _tree(three) == _tree(tiny)
+
+
 def test_other_seed_differs(tiny, tmp_path):
     other = synthetic.generate(tmp_path / "other", seed=1, n_train=2, n_eval=0, progress=False)
     a = (tiny / "train" / "000000000001.png").read_bytes()
