@@ -50,6 +50,24 @@ def test_batches_are_letterboxed_and_the_last_is_short(folder):
     assert batches[0][0, 0, 16, 16] == pytest.approx(expect_red)
 
 
+def test_batches_come_in_sample_order_and_a_missing_image_is_named(folder, tmp_path):
+    from bench.data.letterbox import letterbox
+
+    ids = calibration_ids(folder, 12)
+    batches = list(calibration_batches(folder, 12, imgsz=32, batch=5))  # prepared ahead
+    one_by_one = [letterbox(folder.load_rgb(i), 32)[0] for i in ids]
+    assert np.array_equal(np.concatenate(batches), np.stack(one_by_one))
+    first = next(calibration_batches(folder, 12, imgsz=32, batch=1))  # closed early: no hang
+    assert np.array_equal(first[0], one_by_one[0])
+
+    root = tmp_path / "gone"
+    shutil.copytree(folder.root, root)
+    copy = ImageFolder(root)
+    (root / "07.png").unlink()
+    with pytest.raises(InputDataError, match=r"image file missing: .*07\.png"):
+        list(calibration_batches(copy, 12, imgsz=32, batch=4))
+
+
 def test_coco_split_as_source(ds_root):
     train = CocoDataset.open(ds_root, "train")
     (batch,) = calibration_batches(train, 3, imgsz=64, batch=4)
