@@ -10,7 +10,6 @@ order whatever the streams.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from bench.ahead import default_workers
 from bench.data.coco import CocoDataset
 from bench.data.letterbox import Letterbox, letterbox_rgb, to_chw_float
 from bench.errors import ConfigError, InputDataError
@@ -273,7 +273,7 @@ def run_accuracy(
     infers = [infer] if callable(infer) else list(infer)
     if not infers:
         raise ConfigError("run_accuracy needs at least one infer callable, got none")
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or default_workers()
     start = time.perf_counter()
     bar = progress_bar(total=len(ids), desc=label, unit="img", enabled=progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")

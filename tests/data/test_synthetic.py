@@ -51,9 +51,8 @@ def test_same_seed_gives_identical_bytes(tiny, tmp_path):
     assert _tree(again) == _tree(tiny)
 
 
-def test_the_files_do_not_depend_on_the_rendering_threads(tiny, tmp_path, monkeypatch):
+def test_the_files_do_not_depend_on_the_rendering_threads(tiny, tmp_path):
     one = synthetic.generate(tmp_path / "one", n_train=6, n_eval=6, progress=False, workers=1)
-    monkeypatch.setattr(synthetic, "_RENDER_CHUNK", 4)  # several chunks a split
     three = synthetic.generate(tmp_path / "three", n_train=6, n_eval=6, progress=False,
                                workers=3)
     assert _tree(one) == _tree(three) == _tree(tiny)
