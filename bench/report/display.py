@@ -255,8 +255,10 @@ def _no_power(row: ResultRow) -> str:
     return f"no power figure ({row.power_reason or 'no reason recorded'})"
 
 
-def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]]:
-    """The notes of a run, rows with the same missing-power reason sharing one note.
+def grouped_notes(rows: Iterable[ResultRow], environment: Mapping[str, Any] | None = None
+                  ) -> tuple[list[str], list[list[int]]]:
+    """The notes of a run, rows with the same missing-power reason sharing one note;
+    environment (the report's) adds what the host itself explains.
 
     Returns the notes and, per row, the (0-based) indices of the notes it refers to.
     """
@@ -280,7 +282,28 @@ def grouped_notes(rows: Iterable[ResultRow]) -> tuple[list[str], list[list[int]]
             notes.append(f"{', '.join(power[key])}: {key}")
         refs.append([power_index[key]])
     notes += run_notes(rows)
+    notes += host_notes(rows, environment or {})
     return notes, refs
+
+
+# CPU flags of int8 dot-product instructions, which ONNX Runtime's INT8 kernels need to
+# beat FP32 (on a 2-core AVX2-only EPYC, 2026-12-02, the INT8 graphs ran at 0.88x of fp32).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def host_notes(rows: Sequence[ResultRow], environment: Mapping[str, Any]) -> list[str]:
+    """A note when INT8 rows ran on ONNX Runtime on a CPU that reports no int8
+    dot-product instructions (read from the report's host.isa; none when unrecorded)."""
+    isa = (environment.get("host") or {}).get("isa")
+    int8 = [r.variant for r in rows if r.variant.startswith("int8") and r.ok]
+    if (not isa or not int8 or environment.get("backend") != "onnxruntime"
+            or not str(environment.get("device", "")).startswith("cpu")
+            or any(flag in isa for flag in INT8_DOT_FLAGS)):
+        return []
+    return [f"{', '.join(int8)}: this CPU reports no int8 dot-product instructions"
+            f" (isa: {', '.join(isa)}; none of {', '.join(INT8_DOT_FLAGS)}), so ONNX"
+            " Runtime's INT8 kernels need not be faster than FP32 here, and INT8 mAP can"
+            " differ from a host that has them"]
 
 
 def run_notes(rows: Sequence[ResultRow]) -> list[str]:

@@ -9,7 +9,8 @@ gate's checks, the notes and the environment.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bench.report.display import (
     COLUMNS,
@@ -82,9 +83,11 @@ def results_table(rows: list[ResultRow], marks: list[str], columns: Sequence[Col
     return _table(columns, body)
 
 
-def _numbered_notes(rows: list[ResultRow], extra: list[str]) -> tuple[list[str], list[str]]:
+def _numbered_notes(rows: list[ResultRow], extra: list[str],
+                    environment: Mapping[str, Any] | None = None
+                    ) -> tuple[list[str], list[str]]:
     """The notes list and, per row, the superscript marks pointing into it."""
-    notes, refs = grouped_notes(rows)
+    notes, refs = grouped_notes(rows, environment)
     marks = [",".join(str(i + 1) for i in mine) for mine in refs]
     return notes + extra, [m.translate(SUPERSCRIPT).replace(",", "˒") for m in marks]
 
@@ -185,7 +188,7 @@ def render_markdown(run: Run, thresholds: str | None = None, *, baseline: Run | 
     bases = _bases(rows, baseline)
     comment = [c for c in COLUMNS if c.header in COMMENT_HEADERS]
     shown = layout(rows, bases, None, columns=comment)
-    notes, marks = _numbered_notes(rows, layout_notes(shown, None))
+    notes, marks = _numbered_notes(rows, layout_notes(shown, None), run.environment)
     lines = [headline(rows), "",
              f"**{md(title_of(rows))}** · {md(environment_line(run.environment))}", ""]
     if not run.complete:

@@ -9,7 +9,8 @@ full record is in report.json and shown with verbosity >= 1 (pytest -v).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -111,9 +112,9 @@ def gate_text(rows: Sequence[ResultRow], notes: bool = True) -> Text:
 
 
 def notes_text(rows: Sequence[ResultRow], shown: Layout | None = None,
-               width: int | None = None) -> Text:
+               width: int | None = None, environment: Mapping[str, Any] | None = None) -> Text:
     text = Text()
-    found = grouped_notes(rows)[0] + (layout_notes(shown, width) if shown else [])
+    found = grouped_notes(rows, environment)[0] + (layout_notes(shown, width) if shown else [])
     for note in found:
         text.append(f"• {safe_text(note)}\n", style="dim")
     return text
@@ -145,7 +146,7 @@ def run_renderable(run: Run, *, baseline: Run | None = None, width: int | None =
         gate = gate_text(rows, notes=verbosity >= 1)
         if gate:
             parts += [Text("gate", style="bold"), gate]
-        notes = notes_text(rows, shown, width)
+        notes = notes_text(rows, shown, width, run.environment)
         if notes:
             parts += [Text("notes", style="bold"), notes]
     parts.append(verdict_text(rows))

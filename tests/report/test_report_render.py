@@ -189,3 +189,22 @@ def test_paired_speedups_are_explained_in_the_notes():
     notes, _ = grouped_notes(rows)
     assert any(n.startswith("speedup: median of fp32 block / variant block") for n in notes)
     assert "speedup of int8-mse: against the fp32 row, not paired (OOM)" in notes
+
+
+@pytest.mark.parametrize(("isa", "backend", "expected"), [
+    (["avx2", "fma"], "onnxruntime", True),                  # the AVX2-only EPYC host
+    (["avx2", "fma", "avx512f", "avx512_vnni"], "onnxruntime", False),
+    (["asimd", "asimddp"], "onnxruntime", False),             # Arm with dotprod
+    (["avx2", "fma"], "tensorrt", False),                     # not ORT's CPU kernels
+    ([], "onnxruntime", False),                               # ISA unrecorded: no claim
+])
+def test_a_cpu_without_int8_dot_products_is_named_in_both_summaries(isa, backend, expected):
+    rows = standard_rows()
+    run = Run(environment=make_env(host={"cpu": "AMD EPYC", "isa": isa}, backend=backend),
+              rows=tuple(rows), complete=True, created="2026-12-02T12:00:00Z")
+    for text in (render_markdown(run), render_text(run, width=400)):
+        found = [line for line in text.splitlines() if "no int8 dot-product" in line]
+        assert bool(found) is expected
+        if expected:  # the rows that ran, not the skipped or failed INT8 ones
+            assert "int8-max:" in found[0] and "int8-qat" not in found[0]
+            assert "avx2, fma" in found[0]
