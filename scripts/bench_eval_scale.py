@@ -259,6 +259,8 @@ def report_pass(title: str, res, engine: float, mem_mb: float, n: int) -> float:
           f"  ({1000 * res.decode_seconds / n:.2f} ms/img)")
     print(f"     evaluation ({res.evaluator:11s}){phases['evaluation']:6.1f} s"
           f"  ({1e6 * phases['evaluation'] / max(n_det, 1):.1f} µs/detection)")
+    print(f"     matching in the pass  {phases['matching']:8.1f} s  (numpy evaluator: parts"
+          " matched in threads while the engine ran)")
     print(f"     input wait            {res.input_wait_seconds:8.1f} s")
     met = overhead <= TARGET_OVERHEAD * pass_s
     print(f"   overhead (pass-engine)  {overhead:8.1f} s = {overhead / pass_s:5.1%} of the pass;"

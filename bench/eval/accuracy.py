@@ -30,6 +30,7 @@ from bench.eval.coco_eval import (
     METRIC_KEYS,
     check_evaluator,
     evaluate_detailed,
+    evaluate_parts,
     to_coco_array,
     write_results,
 )
@@ -45,6 +46,7 @@ from bench.eval.nms import DEFAULT_IOU
 Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
 _AHEAD = 2  # batches prepared ahead of the one the engine runs
 _POST_AHEAD = 4  # batches of outputs waiting for decoding, at most
+_PART_IMAGES = 512  # images the numpy evaluator matches together while the pass runs
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ class AccuracyResult:
     decode_seconds the time spent decoding outputs (decode + NMS + results array), summed
     over the threads that decode (with one stream it overlaps inference); input_wait_seconds
     the time the streams sat idle waiting for a prepared batch (near 0 when prefetching
-    keeps up). evaluator: which evaluator scored it (bench.eval.coco_eval.EVALUATORS);
+    keeps up); match_seconds the time the numpy evaluator spent matching parts of the
+    images while the pass ran (summed over the pool's threads, overlapping inference; the
+    rest of its evaluation is in eval_seconds). evaluator: which evaluator scored it
+    (bench.eval.coco_eval.EVALUATORS);
     n_detections: the detections it scored; write_seconds: the part of eval_seconds
     spent writing the results JSON (0 without results_path). matches (keep_matches) and
     results (keep_results: the [n, 7] results array scored, RESULT_COLUMNS) are held for
@@ -75,6 +80,7 @@ class AccuracyResult:
     results_path: Path | None = None
     streams: int = 1
     decode_seconds: float = 0.0
+    match_seconds: float = 0.0
     evaluator: str = DEFAULT_EVALUATOR
     n_detections: int = 0
     write_seconds: float = 0.0
@@ -96,12 +102,14 @@ class AccuracyResult:
     @property
     def phase_seconds(self) -> Mapping[str, float]:
         """Where the pass's time went: inference, decode and evaluation (COCOeval) seconds
-        (the first two summed over threads, so they may overlap each other), writing the
-        results JSON, and the wall time."""
+        (the first two summed over threads, so they may overlap each other), the numpy
+        evaluator's matching while the pass ran (summed over threads), writing the results
+        JSON, and the wall time."""
         return MappingProxyType({
             "inference": self.infer_seconds,
             "decode": self.decode_seconds,
             "evaluation": self.eval_seconds - self.write_seconds,
+            "matching": self.match_seconds,
             "write": self.write_seconds,
             "input_wait": self.input_wait_seconds,
             "total": self.seconds,
@@ -173,9 +181,34 @@ def _prepare_one(
     return hit[1]
 
 
-def _submit_batch(pool, dataset, chunk: Sequence[int], size: int, imgsz: int, cache):
+class _Buffers:
+    """Batch input arrays handed back after their infer call and reused: a fresh 0.8 MB
+    array an image is zero-filled by the allocator and faulted in page by page, which
+    costs about as much as filling it. Padding slots of a short (fixed-batch) batch are
+    zeroed on reuse."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], used: int) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(shape)
+            arr = free.pop() if free else None
+        if arr is None:
+            return np.zeros(shape, dtype=np.float32)
+        arr[used:] = 0  # the padding stays zero
+        return arr
+
+    def give(self, arr: np.ndarray) -> None:
+        with self._lock:
+            self._free.setdefault(arr.shape, []).append(arr)
+
+
+def _submit_batch(pool, dataset, chunk: Sequence[int], size: int, imgsz: int, cache,
+                  buffers: _Buffers):
     # The batch array is allocated at its full (possibly fixed) size; padding stays zero.
-    arr = np.zeros((size, 3, imgsz, imgsz), dtype=np.float32)
+    arr = buffers.take((size, 3, imgsz, imgsz), len(chunk))
     boxes = [
         pool.submit(_prepare_one, dataset, i, imgsz, arr[k], cache) for k, i in enumerate(chunk)
     ]
@@ -183,12 +216,12 @@ def _submit_batch(pool, dataset, chunk: Sequence[int], size: int, imgsz: int, ca
 
 
 def _prefetched(
-    pool, dataset, chunks, sizes, imgsz, cache
+    pool, dataset, chunks, sizes, imgsz, cache, buffers: _Buffers
 ) -> Iterator[tuple[np.ndarray, list[Letterbox]]]:
     pending: deque = deque()
     upcoming = iter(zip(chunks, sizes, strict=True))
     for chunk, size in upcoming:
-        pending.append(_submit_batch(pool, dataset, chunk, size, imgsz, cache))
+        pending.append(_submit_batch(pool, dataset, chunk, size, imgsz, cache, buffers))
         if len(pending) > _AHEAD:
             break
     while pending:
@@ -196,7 +229,7 @@ def _prefetched(
         boxes = [f.result() for f in futures]
         nxt = next(upcoming, None)
         if nxt is not None:
-            pending.append(_submit_batch(pool, dataset, nxt[0], nxt[1], imgsz, cache))
+            pending.append(_submit_batch(pool, dataset, nxt[0], nxt[1], imgsz, cache, buffers))
         yield arr, boxes
 
 
@@ -277,17 +310,21 @@ def run_accuracy(
     start = time.perf_counter()
     bar = progress_bar(total=len(ids), desc=label, unit="img", enabled=progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-acc")
+    scorer = None
+    if evaluator == "numpy":
+        scorer = _PartScorer(dataset.coco, ids, chunks, pool)
     try:
-        feed = _Feed(pool, dataset, chunks, sizes, s, bar, cache)
+        feed = _Feed(pool, dataset, chunks, sizes, s, bar, cache, scorer)
         clock = feed.run(infers)
+        streamed = time.perf_counter() - start
+        parts = scorer.parts() if scorer is not None else None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    streamed = time.perf_counter() - start
     results = np.concatenate([np.zeros((0, 7)), *feed.results])
     feed.per_chunk.clear()  # the per-image arrays are copied into results: let them go
     metrics, matches, path, write_s = _score(dataset, results, ids, evaluator, results_path,
-                                             keep_matches)
+                                             keep_matches, scorer, parts)
     total = time.perf_counter() - start
     return AccuracyResult(
         metrics=metrics,
@@ -300,6 +337,7 @@ def run_accuracy(
         results_path=path,
         streams=len(infers),
         decode_seconds=clock.decode,
+        match_seconds=scorer.seconds if scorer is not None else 0.0,
         evaluator=evaluator,
         n_detections=len(results),
         write_seconds=write_s,
@@ -309,14 +347,18 @@ def run_accuracy(
 
 
 def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator: str,
-           results_path: Path | None, keep_matches: bool,
+           results_path: Path | None, keep_matches: bool, scorer: _PartScorer | None = None,
+           parts: list | None = None,
            ) -> tuple[dict[str, float], object | None, Path | None, float]:
-    """COCOeval's metrics; the per-image matches a paired bootstrap of ΔmAP resamples
-    (bench.eval.bootstrap.MatchTable, read from the same evaluation; None when not asked
-    for or nothing was detected); the results JSON written (or None) and the seconds
-    writing took."""
-    metrics, evaluated = evaluate_detailed(dataset.coco, results, ids, evaluator=evaluator,
-                                           per_image=keep_matches)
+    """COCOeval's metrics (from the scorer's parts when the pass matched them as it ran);
+    the per-image matches a paired bootstrap of ΔmAP resamples (bench.eval.bootstrap.
+    MatchTable, read from the same evaluation; None when not asked for or nothing was
+    detected); the results JSON written (or None) and the seconds writing took."""
+    if scorer is not None and parts is not None:
+        metrics, evaluated = evaluate_parts(scorer.context, parts, len(results))
+    else:
+        metrics, evaluated = evaluate_detailed(dataset.coco, results, ids,
+                                               evaluator=evaluator, per_image=keep_matches)
     matches = None
     if keep_matches and evaluated is not None:
         from bench.eval.bootstrap import match_table
@@ -327,6 +369,56 @@ def _score(dataset: CocoDataset, results: np.ndarray, ids: list[int], evaluator:
     t0 = time.perf_counter()
     path = write_results(results_path, results)
     return metrics, matches, path, time.perf_counter() - t0
+
+
+class _PartScorer:
+    """Matches the pass's detections part by part while the engine still runs (the numpy
+    evaluator): once every chunk of a part (about _PART_IMAGES images, in image order) is
+    decoded, the pool ranks and matches its detections (bench.eval.coco_numpy's
+    EvalContext.match), so that after the last inference only combining the parts,
+    accumulate and the bootstrap's table are left. The same floats as one evaluation of
+    the whole array (tests/eval/test_coco_numpy.py)."""
+
+    def __init__(self, coco, ids: list[int], chunks: list[list[int]], pool) -> None:
+        from bench.eval.coco_numpy import EvalContext
+
+        self.context = EvalContext(coco, ids)
+        self.pool, self.lock = pool, threading.Lock()
+        self.members: list[list[int]] = []  # part -> its chunk indices
+        self.part_of: list[int] = []  # chunk index -> part
+        held = _PART_IMAGES
+        for index, chunk in enumerate(chunks):
+            if held >= _PART_IMAGES:
+                self.members.append([])
+                held = 0
+            self.members[-1].append(index)
+            self.part_of.append(len(self.members) - 1)
+            held += len(chunk)
+        self.left = [len(m) for m in self.members]
+        self.futures: list = [None] * len(self.members)
+        self.seconds = 0.0  # summed over the threads that matched
+
+    def stored(self, index: int, per_chunk: list[list[np.ndarray]]) -> None:
+        part = self.part_of[index]
+        with self.lock:
+            self.left[part] -= 1
+            if self.left[part]:
+                return
+        self.futures[part] = self.pool.submit(self._match, part, per_chunk)
+
+    def _match(self, part: int, per_chunk: list[list[np.ndarray]]):
+        t0 = time.perf_counter()
+        arrays = [r for k in self.members[part] for r in per_chunk[k]]
+        matched = self.context.match(np.concatenate([np.zeros((0, 7)), *arrays]))
+        with self.lock:
+            self.seconds += time.perf_counter() - t0
+        return matched
+
+    def parts(self) -> list:
+        """Every part's matches (waits for those still running)."""
+        if any(f is None for f in self.futures):
+            raise RuntimeError("the accuracy pass ended before every chunk was decoded")
+        return [f.result() for f in self.futures]
 
 
 @dataclass
@@ -344,9 +436,13 @@ class _Feed:
     chunk index, so in image order.
     """
 
-    def __init__(self, pool, dataset, chunks, sizes, s: _Settings, bar, cache):
+    def __init__(self, pool, dataset, chunks, sizes, s: _Settings, bar, cache,
+                 scorer: _PartScorer | None = None):
         self.pool, self.chunks, self.s, self.bar = pool, chunks, s, bar
-        self.batches = enumerate(_prefetched(pool, dataset, chunks, sizes, s.imgsz, cache))
+        self.scorer = scorer
+        self.buffers = _Buffers()
+        self.batches = enumerate(
+            _prefetched(pool, dataset, chunks, sizes, s.imgsz, cache, self.buffers))
         self.lock = threading.Lock()
         self.clock = _Clock()
         self.layout: Layout | None = None
@@ -403,8 +499,11 @@ class _Feed:
                 t1 = time.perf_counter()
                 outputs = infer(arr)
                 t2 = time.perf_counter()
-                # Copies, because an engine may reuse its output buffers on the next call.
-                outputs = {name: np.array(a, copy=True) for name, a in outputs.items()}
+                self.buffers.give(arr)  # the engine is done with its input
+                # Copies, because an engine may reuse its output buffers on the next call,
+                # unless its infer says each call returns arrays of its own.
+                if not getattr(infer, "fresh_outputs", False):
+                    outputs = {name: np.array(a, copy=True) for name, a in outputs.items()}
                 with self.lock:
                     self.clock.wait += t1 - t0
                     self.clock.infer += t2 - t1
@@ -436,4 +535,6 @@ class _Feed:
 
     def _store(self, index: int, results: list[np.ndarray]) -> None:
         self.per_chunk[index] = results
+        if self.scorer is not None:
+            self.scorer.stored(index, self.per_chunk)
         self.bar.update(len(self.chunks[index]))

@@ -177,6 +177,21 @@ def evaluate_detailed(
             ev)
 
 
+def evaluate_parts(context: Any, parts: Sequence[Any], n_results: int,
+                   ) -> tuple[dict[str, float], Any]:
+    """evaluate_detailed's (metrics, evaluation) for the numpy evaluator from detections
+    matched in parts (bench.eval.coco_numpy: EvalContext.match of disjoint image sets,
+    as the accuracy pass matches them while the engine runs); n_results: the result rows
+    the parts came from (none at all scores zero, as evaluate_detailed)."""
+    if n_results == 0:
+        return zero_metrics(), None
+    from bench.eval.coco_numpy import NumpyEval
+
+    ev = NumpyEval.from_parts(context, parts)
+    return ({k: _defined(v) for k, v in zip(METRIC_KEYS, ev.stats[: len(METRIC_KEYS)],
+                                            strict=True)}, ev)
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     # loadRes builds a dict and a few lists per detection (a million and more at COCO

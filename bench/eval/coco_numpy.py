@@ -24,11 +24,14 @@ Its MatchTable for the bootstrap (bench.eval.bootstrap) comes from the same arra
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from bench.ahead import default_workers
 
 _EPS = np.spacing(1)
 
@@ -90,116 +93,197 @@ class _Params:
         self.catIds = [int(c) for c in cat_ids]
 
 
+class EvalContext:
+    """The ground truth of one evaluation (a COCO and the evaluated image ids), as arrays
+    grouped by (image, category): what matching needs, built once for all its parts."""
+
+    def __init__(self, coco_gt: Any, image_ids: Sequence[int] | None = None):
+        gt = _ground_truth(coco_gt)
+        img_ids = gt.image_ids if image_ids is None else np.unique(
+            np.asarray(list(image_ids), dtype=np.int64))
+        self.coco_gt, self.gt, self.img_ids = coco_gt, gt, img_ids
+        self.params = p = _Params(img_ids, gt.category_ids)
+        self.n_img, self.n_cat = len(img_ids), len(gt.category_ids)
+        self.n_thr, self.n_area = len(p.iouThrs), len(p.areaRng)
+        n_cat = self.n_cat
+        g_img, g_ok = _positions(img_ids, gt.image_id)
+        g_cat, c_ok = _positions(gt.category_ids, gt.category_id)
+        keep = np.nonzero(g_ok & c_ok)[0]
+        g_pair = g_img[keep] * n_cat + g_cat[keep]
+        order = keep[np.argsort(g_pair, kind="stable")]  # by pair, dataset order within
+        self.g_pair = np.sort(g_pair, kind="stable")
+        self.g_box, self.g_area = gt.box[order], gt.area[order]
+        self.g_crowd, self.g_id = gt.crowd[order], gt.ann_id[order]
+        self.g_cat = g_cat[order]
+        self.lo = np.array([r[0] for r in p.areaRng])[:, None]
+        self.hi = np.array([r[1] for r in p.areaRng])[:, None]
+        self.g_ignore = self.g_crowd[None, :] | (self.g_area < self.lo) | (self.g_area > self.hi)
+
+    def match(self, results: np.ndarray) -> MatchedPart:
+        """Detections of some of the images (a results array; the rows of each image
+        together with all of that image's rows), ranked and matched. The parts of one
+        evaluation must hold disjoint images; NumpyEval.from_parts combines them."""
+        return _match(self, _ranked(self, np.asarray(results, dtype=np.float64).reshape(-1, 7)))
+
+
+@dataclass(frozen=True)
+class MatchedPart:
+    """One part's detections in accumulate's order (by category, then score, highest
+    first, image, rank), with their [areas x thresholds, dets] hit and ignore flags."""
+
+    img: np.ndarray
+    cat: np.ndarray
+    rank: np.ndarray
+    score: np.ndarray
+    hit: np.ndarray
+    ignore: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    pair: np.ndarray
+    rank: np.ndarray
+    score: np.ndarray
+    box: np.ndarray
+    outside: np.ndarray  # [areas, dets]
+
+
+def _ranked(ctx: EvalContext, results: np.ndarray) -> _Ranked:
+    """The evaluated detections, grouped by (image, category), ranked by score (ties in
+    the results' order, pycocotools' mergesort), the first maxDets[-1] of each kept, in
+    accumulate's order."""
+    n_cat = ctx.n_cat
+    d_img, i_ok = _positions(ctx.img_ids, results[:, 0].astype(np.int64))
+    d_cat, k_ok = _positions(ctx.gt.category_ids, results[:, 6].astype(np.int64))
+    rows = np.nonzero(i_ok & k_ok)[0]
+    d_pair = d_img[rows] * n_cat + d_cat[rows]
+    score = results[rows, 5]
+    # by pair, then score (highest first), ties in the results' order (lexsort is
+    # stable and rows ascend)
+    order = np.lexsort((-score, d_pair))
+    d_pair, rows = d_pair[order], rows[order]
+    starts = np.searchsorted(d_pair, d_pair, side="left")
+    rank = np.arange(len(d_pair)) - starts
+    kept = rank < ctx.params.maxDets[-1]
+    d_pair, rank, rows = d_pair[kept], rank[kept], rows[kept]
+    # from here on, in accumulate's order: by category, then score (highest first),
+    # image, rank; a category's detections are then one slice (_flags), which
+    # matching does not mind (it goes by rank, each detection's pair written down).
+    # The rows are by (image, category, rank) now, so a stable sort by category and
+    # score leaves ties by image, then rank.
+    order = np.lexsort((-results[rows, 5], d_pair % n_cat))
+    d_pair, rank, rows = d_pair[order], rank[order], rows[order]
+    area = results[rows, 3] * results[rows, 4]
+    return _Ranked(d_pair, rank, results[rows, 5], results[rows, 1:5],
+                   (area < ctx.lo) | (area > ctx.hi))
+
+
+def _match(ctx: EvalContext, d: _Ranked) -> MatchedPart:
+    """Every detection matched, for every area range and IoU threshold at once, one
+    detection rank at a time across all (image, category) pairs."""
+    n_thr = ctx.n_thr
+    n_at = ctx.n_area * n_thr
+    n_det = len(d.pair)
+    first = np.searchsorted(ctx.g_pair, d.pair, side="left")
+    count = np.searchsorted(ctx.g_pair, d.pair, side="right") - first
+    e_det = np.repeat(np.arange(n_det), count)
+    offset = np.arange(len(e_det)) - np.repeat(np.cumsum(count) - count, count)
+    e_gt = np.repeat(first, count) + offset
+    e_iou = _bbox_iou(d.box[e_det], ctx.g_box[e_gt], ctx.g_crowd[e_gt])
+    thresholds = np.minimum(ctx.params.iouThrs, 1 - 1e-10)
+    # a pair below every threshold can never match: most of them
+    close = np.flatnonzero(e_iou >= thresholds.min())
+    e_det, e_gt, e_iou = e_det[close], e_gt[close], e_iou[close]
+    thr = np.tile(thresholds, ctx.n_area)[:, None]  # rows: area-major, then threshold
+    ignore = np.repeat(ctx.g_ignore, n_thr, axis=0)  # [rows, gts]
+    taken = np.zeros((n_at, len(ctx.g_pair)), dtype=bool)
+    # hit: matched to a ground truth of non-zero id (pycocotools tests dtm == 0 for
+    # unmatched); ignored: matched to an ignored ground truth
+    hit = np.zeros((n_at, n_det), dtype=bool)
+    matched_ignored = np.zeros((n_at, n_det), dtype=bool)
+    # entries by the rank of their detection: one rank's detections have one each
+    # pair, so no two of them compete for a ground truth
+    e_rank = d.rank[e_det]
+    by_rank = np.argsort(e_rank, kind="stable")
+    max_det = ctx.params.maxDets[-1]
+    bounds = np.searchsorted(e_rank[by_rank], np.arange(max_det + 1))
+    for r in range(max_det):
+        sel = by_rank[bounds[r]:bounds[r + 1]]
+        if len(sel) == 0:
+            continue
+        det, g, iou = e_det[sel], e_gt[sel], e_iou[sel]
+        new_group = np.r_[True, det[1:] != det[:-1]]
+        starts, group = np.flatnonzero(new_group), np.cumsum(new_group) - 1
+        ign = ignore[:, g]
+        free = (iou[None, :] >= thr) & (~taken[:, g] | ctx.g_crowd[g][None, :])
+        # a non-ignored ground truth first; among the chosen kind, the highest IoU
+        # and the last of equal ones
+        plain = np.logical_or.reduceat(free & ~ign, starts, axis=1)
+        allowed = free & (ign != plain[:, group])
+        value = np.where(allowed, iou[None, :], -1.0)
+        best = np.maximum.reduceat(value, starts, axis=1)
+        last = np.where(allowed & (value == best[:, group]), np.arange(len(sel)), -1)
+        pick = np.maximum.reduceat(last, starts, axis=1)
+        hit_rows, hit_cols = np.nonzero(pick >= 0)
+        entry = pick[hit_rows, hit_cols]
+        chosen, dets = g[entry], det[starts][hit_cols]
+        taken[hit_rows, chosen] = True
+        hit[hit_rows, dets] = ctx.g_id[chosen] != 0
+        matched_ignored[hit_rows, dets] = ign[hit_rows, entry]
+    outside = np.repeat(d.outside, n_thr, axis=0)
+    return MatchedPart(d.pair // ctx.n_cat, d.pair % ctx.n_cat, d.rank, d.score, hit,
+                       matched_ignored | (~hit & outside))
+
+
 class NumpyEval:
     """The evaluation of one results array: stats (COCOeval.stats' twelve figures),
     params, eval ({"precision", "recall"}, see _accumulate) and match_table()."""
 
     def __init__(self, coco_gt: Any, results: np.ndarray,
                  image_ids: Sequence[int] | None = None):
-        gt = _ground_truth(coco_gt)
-        img_ids = gt.image_ids if image_ids is None else np.unique(
-            np.asarray(list(image_ids), dtype=np.int64))
-        self.params = p = _Params(img_ids, gt.category_ids)
-        self._n_img, self._n_cat = len(img_ids), len(gt.category_ids)
-        self._n_thr, self._n_area = len(p.iouThrs), len(p.areaRng)
-        self._prepare(gt, img_ids, np.asarray(results, dtype=np.float64).reshape(-1, 7))
-        self._match()
+        context = EvalContext(coco_gt, image_ids)
+        self._combine(context, [context.match(results)])
+
+    @classmethod
+    def from_parts(cls, context: EvalContext, parts: Sequence[MatchedPart]) -> NumpyEval:
+        """The evaluation of the parts' detections together (EvalContext.match of disjoint
+        image sets), the same floats as NumpyEval of their results in one array."""
+        ev = cls.__new__(cls)
+        ev._combine(context, list(parts))
+        return ev
+
+    def _combine(self, ctx: EvalContext, parts: list[MatchedPart]) -> None:
+        self.params = ctx.params
+        self._n_img, self._n_cat = ctx.n_img, ctx.n_cat
+        self._n_thr, self._n_area = ctx.n_thr, ctx.n_area
+        self._g_pair, self._g_cat, self._g_ignore = ctx.g_pair, ctx.g_cat, ctx.g_ignore
+        bounds = [np.searchsorted(q.cat, np.arange(self._n_cat + 1)) for q in parts]
+        firsts = [q.img.min() for q in parts if len(q.img)]
+        lasts = [q.img.max() for q in parts if len(q.img)]
+        in_order = all(b > a for a, b in zip(lasts[:-1], firsts[1:], strict=True))
+
+        def category(k: int) -> MatchedPart:
+            # each part is in accumulate's order, so a category is one slice of each;
+            # together, by score, then image and rank (the parts' images are disjoint)
+            pieces = [MatchedPart(*(a[..., b[k]:b[k + 1]] for a in (
+                q.img, q.cat, q.rank, q.score, q.hit, q.ignore))) for q, b in zip(parts, bounds)]
+            if len(pieces) == 1:
+                return pieces[0]
+            img, rank, score = (np.concatenate([getattr(q, f) for q in pieces])
+                                for f in ("img", "rank", "score"))
+            # parts of ascending, disjoint image ranges (the accuracy pass's) are by image,
+            # then rank, within equal scores already: a stable sort by score is enough
+            order = (np.argsort(-score, kind="stable") if in_order
+                     else np.lexsort((rank, img, -score)))
+            hit = np.concatenate([q.hit for q in pieces], axis=1)[:, order]
+            ignore = np.concatenate([q.ignore for q in pieces], axis=1)[:, order]
+            return MatchedPart(img[order], pieces[0].cat[:0], rank[order], score[order],
+                               hit, ignore)
+
+        # one category at a time, in threads: the pieces stay small enough for the caches
+        self._by_cat = _each(category, range(self._n_cat))
         self.eval = self._accumulate()
         self.stats = self._summarize()
-
-    # -- the evaluated ground truths and detections, grouped by (image, category) --
-
-    def _prepare(self, gt: _GroundTruth, img_ids: np.ndarray, results: np.ndarray) -> None:
-        p, n_cat = self.params, self._n_cat
-        g_img, g_ok = _positions(img_ids, gt.image_id)
-        g_cat, c_ok = _positions(gt.category_ids, gt.category_id)
-        keep = np.nonzero(g_ok & c_ok)[0]
-        g_pair = g_img[keep] * n_cat + g_cat[keep]
-        order = keep[np.argsort(g_pair, kind="stable")]  # by pair, dataset order within
-        self._g_pair = np.sort(g_pair, kind="stable")
-        self._g_box, self._g_area = gt.box[order], gt.area[order]
-        self._g_crowd, self._g_id = gt.crowd[order], gt.ann_id[order]
-        self._g_cat = g_cat[order]
-        lo = np.array([r[0] for r in p.areaRng])[:, None]
-        hi = np.array([r[1] for r in p.areaRng])[:, None]
-        self._g_ignore = self._g_crowd[None, :] | (self._g_area < lo) | (self._g_area > hi)
-
-        d_img, i_ok = _positions(img_ids, results[:, 0].astype(np.int64))
-        d_cat, k_ok = _positions(gt.category_ids, results[:, 6].astype(np.int64))
-        rows = np.nonzero(i_ok & k_ok)[0]
-        d_pair = d_img[rows] * n_cat + d_cat[rows]
-        score = results[rows, 5]
-        # by pair, then score (highest first), ties in the results' order (lexsort is
-        # stable and rows ascend)
-        order = np.lexsort((-score, d_pair))
-        d_pair, rows = d_pair[order], rows[order]
-        starts = np.searchsorted(d_pair, d_pair, side="left")
-        rank = np.arange(len(d_pair)) - starts
-        kept = rank < p.maxDets[-1]
-        d_pair, rank, rows = d_pair[kept], rank[kept], rows[kept]
-        # from here on, in accumulate's order: by category, then score (highest first),
-        # image, rank; a category's detections are then one slice (_flags), which
-        # matching does not mind (it goes by rank, each detection's pair written down)
-        order = np.lexsort((rank, d_pair // n_cat, -results[rows, 5], d_pair % n_cat))
-        self._d_pair, self._d_rank, rows = d_pair[order], rank[order], rows[order]
-        self._d_score, self._d_box = results[rows, 5], results[rows, 1:5]
-        self._d_area = results[rows, 3] * results[rows, 4]
-        self._d_img, self._d_cat = self._d_pair // n_cat, self._d_pair % n_cat
-        self._cat_bounds = np.searchsorted(self._d_cat, np.arange(n_cat + 1))
-        self._d_outside = (self._d_area < lo) | (self._d_area > hi)  # [areas, dets]
-
-    # -- matching --
-
-    def _match(self) -> None:
-        n_at = self._n_area * self._n_thr
-        n_det = len(self._d_pair)
-        first = np.searchsorted(self._g_pair, self._d_pair, side="left")
-        count = np.searchsorted(self._g_pair, self._d_pair, side="right") - first
-        e_det = np.repeat(np.arange(n_det), count)
-        offset = np.arange(len(e_det)) - np.repeat(np.cumsum(count) - count, count)
-        e_gt = np.repeat(first, count) + offset
-        e_iou = _bbox_iou(self._d_box[e_det], self._g_box[e_gt], self._g_crowd[e_gt])
-        thresholds = np.minimum(self.params.iouThrs, 1 - 1e-10)
-        # a pair below every threshold can never match: most of them
-        close = np.flatnonzero(e_iou >= thresholds.min())
-        e_det, e_gt, e_iou = e_det[close], e_gt[close], e_iou[close]
-        thr = np.tile(thresholds, self._n_area)[:, None]  # rows: area-major, then threshold
-        ignore = np.repeat(self._g_ignore, self._n_thr, axis=0)  # [rows, gts]
-        taken = np.zeros((n_at, len(self._g_pair)), dtype=bool)
-        # hit: matched to a ground truth of non-zero id (pycocotools tests dtm == 0 for
-        # unmatched); ignored: matched to an ignored ground truth
-        self._hit = np.zeros((n_at, n_det), dtype=bool)
-        matched_ignored = np.zeros((n_at, n_det), dtype=bool)
-        # entries by the rank of their detection: one rank's detections have one each
-        # pair, so no two of them compete for a ground truth
-        e_rank = self._d_rank[e_det]
-        by_rank = np.argsort(e_rank, kind="stable")
-        bounds = np.searchsorted(e_rank[by_rank], np.arange(self.params.maxDets[-1] + 1))
-        for r in range(self.params.maxDets[-1]):
-            sel = by_rank[bounds[r]:bounds[r + 1]]
-            if len(sel) == 0:
-                continue
-            det, g, iou = e_det[sel], e_gt[sel], e_iou[sel]
-            new_group = np.r_[True, det[1:] != det[:-1]]
-            starts, group = np.flatnonzero(new_group), np.cumsum(new_group) - 1
-            ign = ignore[:, g]
-            free = (iou[None, :] >= thr) & (~taken[:, g] | self._g_crowd[g][None, :])
-            # a non-ignored ground truth first; among the chosen kind, the highest IoU
-            # and the last of equal ones
-            plain = np.logical_or.reduceat(free & ~ign, starts, axis=1)
-            allowed = free & (ign != plain[:, group])
-            value = np.where(allowed, iou[None, :], -1.0)
-            best = np.maximum.reduceat(value, starts, axis=1)
-            last = np.where(allowed & (value == best[:, group]), np.arange(len(sel)), -1)
-            pick = np.maximum.reduceat(last, starts, axis=1)
-            hit_rows, hit_cols = np.nonzero(pick >= 0)
-            entry = pick[hit_rows, hit_cols]
-            chosen, dets = g[entry], det[starts][hit_cols]
-            taken[hit_rows, chosen] = True
-            self._hit[hit_rows, dets] = self._g_id[chosen] != 0
-            matched_ignored[hit_rows, dets] = ign[hit_rows, entry]
-        outside = np.repeat(self._d_outside, self._n_thr, axis=0)
-        self._d_ignore = matched_ignored | (~self._hit & outside)
 
     # -- accumulate and summarize, as pycocotools --
 
@@ -207,10 +291,10 @@ class NumpyEval:
         """Category k's detections of rank < max_det in accumulate's order (score, then
         image, then rank), for area a: their images, their ranks and the [T, D] true /
         false positive flags (an ignored detection is neither)."""
-        cat = slice(self._cat_bounds[k], self._cat_bounds[k + 1])
+        of_k = self._by_cat[k]
         rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
-        img, ranks = self._d_img[cat], self._d_rank[cat]
-        hit, ign = self._hit[rows, cat], self._d_ignore[rows, cat]
+        img, ranks = of_k.img, of_k.rank
+        hit, ign = of_k.hit[rows], of_k.ignore[rows]
         if max_det < self.params.maxDets[-1]:  # _prepare kept fewer than maxDets[-1] only
             sel = ranks < max_det
             img, ranks, hit, ign = img[sel], ranks[sel], hit[:, sel], ign[:, sel]
@@ -231,33 +315,38 @@ class NumpyEval:
                                    len(p.maxDets))
         precision = -np.ones((n_t, n_r, n_k, n_a, n_m))
         recall = -np.ones((n_t, n_k, n_a, n_m))
-        top = n_m - 1
-        for k in range(n_k):
-            of_k = self._g_cat == k
-            for a in range(n_a):
-                npig = int(np.count_nonzero(of_k & ~self._g_ignore[a]))
-                if npig == 0:
-                    continue
-                _, ranks, tps, fps = self._flags(k, a, p.maxDets[-1])
-                for m, max_det in enumerate(p.maxDets[:-1]):
-                    # rc[-1] = tp_sum[-1] / npig: the count as a float, as accumulate has it
-                    counted = np.count_nonzero(tps[:, ranks < max_det], axis=1).astype(float)
-                    recall[:, k, a, m] = counted / npig
-                fp_sum = np.cumsum(fps, axis=1, dtype=np.int32)
-                for t in range(n_t):
-                    at = np.flatnonzero(tps[t])
-                    tp = np.arange(1, len(at) + 1).astype(float)
-                    fp = fp_sum[t, at].astype(float)
-                    rc = tp / npig
-                    pr = tp / (fp + tp + _EPS)
-                    recall[t, k, a, top] = rc[-1] if len(at) else 0
-                    envelope = np.maximum.accumulate(pr[::-1])[::-1]
-                    inds = np.searchsorted(rc, p.recThrs, side="left")
-                    q = np.zeros(n_r)
-                    ok = inds < len(at)
-                    q[ok] = envelope[inds[ok]]
-                    precision[t, :, k, a, top] = q
+        # categories are independent, each writing its own slices: threads share them
+        # (numpy's sums and gathers release the GIL)
+        _each(lambda k: self._accumulate_category(k, precision, recall), range(n_k))
         return {"precision": precision, "recall": recall}
+
+    def _accumulate_category(self, k: int, precision: np.ndarray, recall: np.ndarray) -> None:
+        p = self.params
+        n_t, top = self._n_thr, len(p.maxDets) - 1
+        of_k = self._g_cat == k
+        for a in range(self._n_area):
+            npig = int(np.count_nonzero(of_k & ~self._g_ignore[a]))
+            if npig == 0:
+                continue
+            _, ranks, tps, fps = self._flags(k, a, p.maxDets[-1])
+            for m, max_det in enumerate(p.maxDets[:-1]):
+                # rc[-1] = tp_sum[-1] / npig: the count as a float, as accumulate has it
+                counted = np.count_nonzero(tps[:, ranks < max_det], axis=1).astype(float)
+                recall[:, k, a, m] = counted / npig
+            fp_sum = np.cumsum(fps, axis=1, dtype=np.int32)
+            for t in range(n_t):
+                at = np.flatnonzero(tps[t])
+                tp = np.arange(1, len(at) + 1).astype(float)
+                fp = fp_sum[t, at].astype(float)
+                rc = tp / npig
+                pr = tp / (fp + tp + _EPS)
+                recall[t, k, a, top] = rc[-1] if len(at) else 0
+                envelope = np.maximum.accumulate(pr[::-1])[::-1]
+                inds = np.searchsorted(rc, p.recThrs, side="left")
+                q = np.zeros(len(p.recThrs))
+                ok = inds < len(at)
+                q[ok] = envelope[inds[ok]]
+                precision[t, :, k, a, top] = q
 
     def _summarize(self) -> np.ndarray:
         p = self.params
@@ -296,12 +385,26 @@ class NumpyEval:
         plain = ~self._g_ignore[a]
         gt_count = np.zeros((self._n_img, self._n_cat))
         np.add.at(gt_count, (self._g_pair[plain] // self._n_cat, self._g_cat[plain]), 1.0)
-        per_cat = [self._flags(k, a, max_det) for k in range(self._n_cat)]
-        segments = [_segment(k, img, tps[t], fps[t], self._n_img)
-                    for t in range(self._n_thr)
-                    for k, (img, _, tps, fps) in enumerate(per_cat)]
+
+        def category(k: int) -> list:
+            img, _, tps, fps = self._flags(k, a, max_det)
+            return [_segment(k, img, tps[t], fps[t], self._n_img) for t in range(self._n_thr)]
+
+        per_cat = _each(category, range(self._n_cat))
+        segments = [per_cat[k][t] for t in range(self._n_thr) for k in range(self._n_cat)]
         return MatchTable(tuple(p.imgIds), tuple(p.catIds), gt_count, tuple(segments),
                           np.asarray(p.recThrs, dtype=np.float64))
+
+
+def _each(fn: Callable[[int], Any], items: range) -> list:
+    """[fn(i) for i in items], on as many threads as cores (at most 4) when there are
+    several items: the evaluation's tail runs after the last inference, with the cores
+    otherwise idle."""
+    workers = min(default_workers(), len(items))
+    if workers <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-eval") as pool:
+        return list(pool.map(fn, items))
 
 
 def _positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,9 @@ def test_streams_equal_infer_bit_for_bit_when_run_at_once(images):
     assert len(got) == 3 * len(images)
     for (_, i), out in got.items():
         assert np.array_equal(out, expected[i])
+    # each call's arrays are its own (the accuracy pass then skips its copy)
+    assert all(s.fresh_outputs for s in streams)
+    assert not any(np.shares_memory(got[k, 0], got[k, 1]) for k in range(3))
 
 
 def test_one_stream_is_infer_itself_and_sessions_are_reused(monkeypatch):

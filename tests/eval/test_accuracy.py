@@ -225,6 +225,70 @@ def test_a_failing_stream_fails_the_pass_with_its_error(val):
         run_accuracy([], val, imgsz=IMGSZ, progress=False)
 
 
+class NoisyOracle(Oracle):
+    """The oracle's ground truth jittered, a false positive per image, scores spread: a
+    detector with a middling mAP, for evaluations that have something to get wrong."""
+
+    def __init__(self, ds: CocoDataset):
+        super().__init__(ds)
+        rng = np.random.default_rng(7)
+        for rows in self.table.values():
+            real = rows[:, 4] > 0
+            rows[real, :4] *= rng.normal(1.0, 0.08, (int(real.sum()), 4)).astype(np.float32)
+            rows[real, 4] = rng.uniform(0.2, 1.0, int(real.sum()))
+            rows[-1, :5] = [IMGSZ / 2, IMGSZ / 2, IMGSZ / 4, IMGSZ / 4, 0.6]
+            rows[-1, 5] = 1
+
+
+class ReusingOracle(Oracle):
+    """Writes every answer into one output array, as an engine with bound output buffers
+    (TensorRT's) does: the pass must copy it before the next call."""
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        fresh = super().__call__(batch)["output"]
+        if getattr(self, "out", None) is None or self.out.shape != fresh.shape:
+            self.out = np.empty_like(fresh)
+        self.out[...] = fresh
+        return {"output": self.out}
+
+
+def test_an_engine_reusing_its_output_buffer_is_copied_before_its_next_call(val):
+    # one stream: decoding runs in the pool behind the next call
+    res = run_accuracy(ReusingOracle(val), val, imgsz=IMGSZ, batch=1, progress=False)
+    assert res.metrics["map"] == pytest.approx(1.0)
+
+
+def test_batch_buffers_are_reused_with_their_padding_zeroed():
+    from bench.eval.accuracy import _Buffers
+
+    buffers = _Buffers()
+    first = buffers.take((4, 3, 8, 8), 4)
+    first[...] = 1.0
+    buffers.give(first)
+    again = buffers.take((4, 3, 8, 8), 2)  # a short batch of a fixed batch of 4
+    assert again is first and not again[2:].any()
+    assert buffers.take((4, 3, 8, 8), 4) is not first  # taken, so a new one
+
+
+def test_matching_in_parts_as_the_pass_runs_gives_the_reference_figures(val, monkeypatch):
+    from bench.eval import accuracy
+    from bench.eval.bootstrap import match_table
+    from bench.eval.coco_eval import evaluate, evaluate_detailed
+
+    monkeypatch.setattr(accuracy, "_PART_IMAGES", 2)  # 6 images: three parts
+    res = run_accuracy([NoisyOracle(val), NoisyOracle(val)], val, imgsz=IMGSZ,
+                       progress=False, keep_results=True, keep_matches=True)
+    assert res.phase_seconds["matching"] > 0  # the parts were matched in the pass
+    want = evaluate(val.coco, res.results, evaluator="pycocotools")
+    assert res.metrics == want and 0.2 < res.metrics["map"] < 0.95
+    _, whole = evaluate_detailed(val.coco, res.results, evaluator="numpy")
+    table = match_table(whole)
+    np.testing.assert_array_equal(res.matches.gt_count, table.gt_count)
+    for a, b in zip(res.matches.segments, table.segments, strict=True):
+        for name in ("category", "tp_img", "fp_img", "fp_mult", "fp_before"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
 def test_metrics_are_read_only_and_phases_are_recorded(val):
     oracle = Oracle(val)
     res = run_accuracy(oracle, val, imgsz=IMGSZ, batch=2, progress=False)
@@ -237,7 +301,8 @@ def test_metrics_are_read_only_and_phases_are_recorded(val):
     given["map"] = -1.0  # the record keeps its own copy
     assert again.metrics["map"] == pytest.approx(1.0)
     phases = res.phase_seconds
-    assert set(phases) == {"inference", "decode", "evaluation", "write", "input_wait", "total"}
+    assert set(phases) == {"inference", "decode", "evaluation", "matching", "write",
+                           "input_wait", "total"}
     assert phases["write"] == 0.0  # no results_path
     assert res.n_detections == sum(len(val.coco.imgToAnns[i]) for i in val.image_ids)
     assert phases["decode"] > 0 and phases["evaluation"] > 0 and phases["inference"] > 0

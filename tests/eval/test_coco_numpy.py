@@ -93,3 +93,39 @@ def test_detections_only_of_unknown_categories_score_zero():
     got, _ = evaluate_detailed(gt, dets, evaluator="numpy")
     want, _ = evaluate_detailed(gt, dets, evaluator="pycocotools")
     assert _same_floats(got, want) and got["map"] == 0.0
+
+
+def _images_of(dets: np.ndarray, ids) -> np.ndarray:
+    return dets[np.isin(dets[:, 0], list(ids))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_evaluation_in_parts_gives_the_same_floats_and_tables(seed):
+    """The accuracy pass matches images in parts while the engine runs and combines them:
+    contiguous, interleaved and empty parts give what one array gives."""
+    from bench.eval.coco_numpy import EvalContext, NumpyEval
+
+    gt, dets = _case(seed)
+    ids = sorted(gt.getImgIds())
+    subset = None if seed % 2 == 0 else ids[3:-4]
+    whole = NumpyEval(gt, dets, subset)
+    context = EvalContext(gt, subset)
+    splits = {
+        "contiguous": [ids[:5], ids[5:13], ids[13:]],
+        "interleaved": [ids[seed % 3::3], ids[(seed + 1) % 3::3], ids[(seed + 2) % 3::3]],
+        "with an empty part": [ids[:9], [], ids[9:]],
+    }
+    for how, groups in splits.items():
+        parts = [context.match(_images_of(dets, g)) for g in groups]
+        ev = NumpyEval.from_parts(context, parts)
+        np.testing.assert_array_equal(ev.stats, whole.stats, err_msg=how)
+        np.testing.assert_array_equal(ev.eval["precision"], whole.eval["precision"])
+        np.testing.assert_array_equal(ev.eval["recall"], whole.eval["recall"])
+        for area, max_det in (("all", 100), ("small", 100), ("all", 1)):
+            a, b = ev.match_table(max_det, area), whole.match_table(max_det, area)
+            np.testing.assert_array_equal(a.gt_count, b.gt_count)
+            for x, y in zip(a.segments, b.segments, strict=True):
+                for field in ("category", "tp_img", "fp_img", "fp_mult", "fp_before"):
+                    np.testing.assert_array_equal(getattr(x, field), getattr(y, field),
+                                                  err_msg=how)
+    assert whole.stats[0] > 0.05  # a case with something to get wrong
