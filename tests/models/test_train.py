@@ -108,15 +108,18 @@ def test_ema_ramps_towards_the_model():
     assert ema.ema.weight.item() == pytest.approx(1 - d)
 
 
-def test_loss_decreases_over_twenty_steps(dataset):
+def test_loss_decreases_over_forty_steps(dataset):
+    # Twenty steps were too few to tell on every host: the last five ended at 0.815 of the
+    # first five on a Xeon with AMX (CPU kernels round differently per ISA), above the
+    # bound; forty gave 0.66 there.
     data = load_train_set(open_split(dataset, "train"), 96)
-    cfg = TrainConfig(width=0.25, imgsz=96, batch=8, iterations=20, warmup=1, lr=2e-3,
+    cfg = TrainConfig(width=0.25, imgsz=96, batch=8, iterations=40, warmup=1, lr=2e-3,
                       threads=1, log_every=1, augment=STILL)
     result = train_on(data, 8, cfg)
     losses = [loss for _, loss in result.loss_log]
-    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-    assert result.epochs == pytest.approx(20.0) and not result.model.training
+    assert result.epochs == pytest.approx(40.0) and not result.model.training
 
 
 def test_training_is_deterministic(dataset):
