@@ -317,6 +317,43 @@ def _without_static(plan: tuple[Step, ...], tapped: list[tuple[int, ...]],
     return tuple((step, taps, tuple(release)) for step, taps, release in kept)
 
 
+def trunk(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """The part of `model` that computes the named tensors, which become its outputs: the
+    nodes they depend on (in graph order), the initializers those read, the image input.
+    QAT trains on it, so that what a model does after its head (decoding, an NMS op the
+    interpreter lacks, as YOLOv7's --end2end exports have) never has to run. ModelError
+    for a name the graph does not have."""
+    model = _flat(model)
+    graph = model.graph
+    wanted = list(dict.fromkeys(names))
+    producer = {out: node for node in graph.node for out in node.output if out}
+    sources = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    unknown = [n for n in wanted if n not in producer and n not in sources]
+    if unknown:
+        raise ModelError(f"tensor '{unknown[0]}' is not in the ONNX graph; expected an output"
+                         " of one of its nodes")
+    needed: set[int] = set()
+    stack = [producer[n] for n in wanted if n in producer]
+    while stack:
+        node = stack.pop()
+        if id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(producer[i] for i in node.input if i in producer)
+    nodes = [n for n in graph.node if id(n) in needed]
+    used = {i for n in nodes for i in n.input} | set(wanted)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept_inits)
+    del out.graph.output[:]
+    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
+    return out
+
+
 def _flat(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its local functions inlined (the dynamo exporter may keep some)."""
     if model.functions:

@@ -105,18 +105,21 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     """
     import torch
 
-    from bench.models.onnx_torch import OnnxModule, state_to_onnx
+    from bench.models.onnx_torch import OnnxModule, state_to_onnx, trunk
 
     torch.manual_seed(settings.seed)
-    student = OnnxModule(model).to_channels_last()  # unsupported op -> ModelError
     quant = FakeQuantizer(plan, amax, profile, learn_scales=settings.learn_scales)
-    student.set_taps(quant.tapped_names)
     watched = quant.supervised_tensors(model)
     heads = quant.head_tensors(model)
+    # Only what the supervision reads is interpreted: the decode after the head convs,
+    # and an NMS op inside the model, never run (their ops stay float in the Q/DQ model).
+    body = trunk(model, (*watched, *heads))
+    student = OnnxModule(body).to_channels_last()  # unsupported op -> ModelError
+    student.set_taps(quant.tapped_names)
     micro = fixed_batch or settings.batch
     accumulate = max(1, math.ceil(settings.batch / micro))
     train, held = _split(len(images), settings)
-    targets = Teacher(model, images, (*watched, *heads), micro)
+    targets = Teacher(body, images, (*watched, *heads), micro)
     check_initial = _holdout_error(student, quant, images, held, targets, heads, micro)
     trainable = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     optimizer = torch.optim.Adam(trainable, lr=settings.lr)

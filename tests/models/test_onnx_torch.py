@@ -192,6 +192,26 @@ def test_forward_collect_returns_intermediates_equal_to_onnxruntime(yolo_opset17
     assert_same(expected, [outputs[0].numpy()] + [got[c].numpy() for c in convs], atol=1e-4)
 
 
+def test_trunk_keeps_only_what_the_named_tensors_need(yolo_opset17):
+    from bench.models.onnx_torch import trunk
+
+    convs = [n.output[0] for n in yolo_opset17.graph.node if n.op_type == "Conv"]
+    last = convs[-1]
+    body = trunk(yolo_opset17, [convs[2], last])
+    assert [o.name for o in body.graph.output] == [convs[2], last]
+    kept = {id(n) for n in body.graph.node}
+    assert len(kept) < len(yolo_opset17.graph.node)  # the decode after the last conv is gone
+    used = {i for n in body.graph.node for i in n.input}
+    assert all(i.name in used for i in body.graph.initializer)
+    x = torch.from_numpy(_images(2))
+    with torch.no_grad():
+        _, whole = OnnxModule(yolo_opset17).forward_collect(x, [convs[2], last])
+        outputs, part = OnnxModule(body).forward_collect(x, [convs[2], last])
+    assert torch.equal(whole[last], part[last]) and torch.equal(outputs[1], whole[last])
+    with pytest.raises(ModelError, match="'nope' is not in the ONNX graph"):
+        trunk(yolo_opset17, ["nope"])
+
+
 # --- taps ---------------------------------------------------------------------------------
 
 def _relu_residual():

@@ -99,14 +99,60 @@ def test_fake_quant_rounds_and_clamps_with_straight_through_gradient():
 
 
 def test_undifferentiable_op_is_named_before_training(setup):
+    from yolo_like import HEAD_CONVS
+
     model, plan, amax, calib = setup
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
-    node = broken.graph.node[-1]
-    node.op_type, node.domain = "FancyDecode", "com.example"
-    with pytest.raises(ModelError, match="FancyDecode"):
+    head = next(n for n in broken.graph.node if n.name == HEAD_CONVS[0])
+    feeder = next(n for n in broken.graph.node if head.input[0] in n.output)
+    feeder.op_type, feeder.domain = "FancyBlock", "com.example"  # inside what QAT trains
+    with pytest.raises(ModelError, match="FancyBlock"):
         run_qat(broken, plan, amax, calib, QatSettings(steps=1), profile="tensorrt",
                 progress=False)
+
+
+def _with_nms_after_the_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The toy's dense output through ONNX's NonMaxSuppression, as YOLOv7's --end2end
+    --max-wh exports end: an op the PyTorch interpreter does not have."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    dense = g.output[0].name
+    ints = {"s0": [0], "s4": [4], "s5": [5], "big": [1 << 30], "ax2": [2], "k": [20]}
+    for name, value in ints.items():
+        g.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.int64), name))
+    for name, value in (("iou", 0.45), ("thr", 0.25)):
+        g.initializer.append(onnx.numpy_helper.from_array(np.array([value], np.float32), name))
+    g.node.extend([
+        helper.make_node("Slice", [dense, "s0", "s4", "ax2"], ["nms_boxes"]),
+        helper.make_node("Slice", [dense, "s5", "big", "ax2"], ["nms_cls"]),
+        helper.make_node("Transpose", ["nms_cls"], ["nms_scores"], perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["nms_boxes", "nms_scores", "k", "iou", "thr"],
+                         ["selected"], center_point_box=1, name="end2end_nms"),
+    ])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("selected", TensorProto.INT64, ["n", 3]))
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_an_nms_op_after_the_head_is_left_to_the_runtime(setup):
+    from bench.models.onnx_torch import OnnxModule
+
+    model, plan, amax, calib = setup
+    nms = _with_nms_after_the_head(model)
+    with pytest.raises(ModelError, match="NonMaxSuppression"):
+        OnnxModule(nms)  # the interpreter cannot run the whole model
+    nms_plan = plan_quantization(nms)
+    assert nms_plan.activation_tensors == plan.activation_tensors
+    settings = QatSettings(steps=20, lr=3e-4, batch=4, holdout=0.0)
+    result = run_qat(nms, nms_plan, amax, calib, settings, profile="tensorrt", progress=False)
+    assert result.loss_last < result.loss_first
+    assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in nms.graph.node]
+    qat = write_qdq(result.model, nms_plan, result.amax, profile="tensorrt")
+    selected = _run(qat, _images(2, seed=3))  # ONNX Runtime runs the NMS
+    assert selected.ndim == 2 and selected.shape[1] == 3
 
 
 def test_fast_fake_quant_matches_the_reference_in_values_and_gradients():
