@@ -18,7 +18,11 @@ The same twelve figures as pycocotools' evaluate / accumulate / summarize for io
   floats, not merely close (tests/eval compare them with pycocotools' and
   faster-coco-eval's on generated cases with crowds, ties and empty images).
 
-Its MatchTable for the bootstrap (bench.eval.bootstrap) comes from the same arrays.
+Ranking and matching are per image, so an evaluation can be done in parts: EvalContext
+holds the ground truth once, EvalContext.match ranks and matches the detections of some of
+the images (the accuracy pass matches each run of images while the engine goes on), and
+NumpyEval.from_parts merges the parts per category for accumulate. Its MatchTable for the
+bootstrap (bench.eval.bootstrap) comes from the same arrays.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -101,7 +105,7 @@ class EvalContext:
         gt = _ground_truth(coco_gt)
         img_ids = gt.image_ids if image_ids is None else np.unique(
             np.asarray(list(image_ids), dtype=np.int64))
-        self.coco_gt, self.gt, self.img_ids = coco_gt, gt, img_ids
+        self.gt, self.img_ids = gt, img_ids
         self.params = p = _Params(img_ids, gt.category_ids)
         self.n_img, self.n_cat = len(img_ids), len(gt.category_ids)
         self.n_thr, self.n_area = len(p.iouThrs), len(p.areaRng)
@@ -135,6 +139,15 @@ class MatchedPart:
     cat: np.ndarray
     rank: np.ndarray
     score: np.ndarray
+    hit: np.ndarray
+    ignore: np.ndarray
+
+
+class _Category(NamedTuple):
+    """One category's detections in accumulate's order, with their flags [A x T, D]."""
+
+    img: np.ndarray
+    rank: np.ndarray
     hit: np.ndarray
     ignore: np.ndarray
 
@@ -262,23 +275,21 @@ class NumpyEval:
         lasts = [q.img.max() for q in parts if len(q.img)]
         in_order = all(b > a for a, b in zip(lasts[:-1], firsts[1:], strict=True))
 
-        def category(k: int) -> MatchedPart:
+        def category(k: int) -> _Category:
             # each part is in accumulate's order, so a category is one slice of each;
             # together, by score, then image and rank (the parts' images are disjoint)
-            pieces = [MatchedPart(*(a[..., b[k]:b[k + 1]] for a in (
-                q.img, q.cat, q.rank, q.score, q.hit, q.ignore))) for q, b in zip(parts, bounds)]
-            if len(pieces) == 1:
-                return pieces[0]
-            img, rank, score = (np.concatenate([getattr(q, f) for q in pieces])
-                                for f in ("img", "rank", "score"))
+            pieces = [[a[..., b[k]:b[k + 1]] for a in (q.img, q.rank, q.score, q.hit, q.ignore)]
+                      for q, b in zip(parts, bounds)]
+            if len(pieces) == 1:  # slices of the one part, no copies
+                img, rank, _, hit, ignore = pieces[0]
+                return _Category(img, rank, hit, ignore)
+            img, rank, score, hit, ignore = (np.concatenate(column, axis=-1)
+                                             for column in zip(*pieces, strict=True))
             # parts of ascending, disjoint image ranges (the accuracy pass's) are by image,
             # then rank, within equal scores already: a stable sort by score is enough
             order = (np.argsort(-score, kind="stable") if in_order
                      else np.lexsort((rank, img, -score)))
-            hit = np.concatenate([q.hit for q in pieces], axis=1)[:, order]
-            ignore = np.concatenate([q.ignore for q in pieces], axis=1)[:, order]
-            return MatchedPart(img[order], pieces[0].cat[:0], rank[order], score[order],
-                               hit, ignore)
+            return _Category(img[order], rank[order], hit[:, order], ignore[:, order])
 
         # one category at a time, in threads: the pieces stay small enough for the caches
         self._by_cat = _each(category, range(self._n_cat))
@@ -295,7 +306,7 @@ class NumpyEval:
         rows = slice(a * self._n_thr, (a + 1) * self._n_thr)
         img, ranks = of_k.img, of_k.rank
         hit, ign = of_k.hit[rows], of_k.ignore[rows]
-        if max_det < self.params.maxDets[-1]:  # _prepare kept fewer than maxDets[-1] only
+        if max_det < self.params.maxDets[-1]:  # _ranked kept maxDets[-1] of each pair
             sel = ranks < max_det
             img, ranks, hit, ign = img[sel], ranks[sel], hit[:, sel], ign[:, sel]
         return img, ranks, hit & ~ign, ~hit & ~ign
