@@ -38,6 +38,7 @@ class Histograms:
         self._total, self._progress = total, progress
         self._hists: dict[str, AbsHistogram] | None = None
         self.seconds: float | None = None  # how long the one collection took
+        self._amax: dict[tuple[str, float], dict[str, float]] = {}
 
     def of(self, plan: QuantPlan) -> dict[str, AbsHistogram]:
         from bench.quant.collect import collect_histograms
@@ -55,6 +56,11 @@ class Histograms:
         return self._hists is None or set(plan.activation_tensors) <= set(self._hists)
 
     def amax(self, plan: QuantPlan, method: str, percentile: float) -> dict[str, float]:
-        """amax per planned activation tensor by one calibration method."""
-        return {name: float(compute_amax(hist, method, percentile=percentile))
-                for name, hist in self.of(plan).items()}
+        """amax per planned activation tensor by one calibration method, computed once
+        per method and percentile: int8-qat starts from a PTQ calibration the same run
+        has just computed (mse's took 2.7 s of a 40 s QAT build on the default)."""
+        key = (method, float(percentile))
+        if key not in self._amax:
+            self._amax[key] = {name: float(compute_amax(hist, method, percentile=percentile))
+                               for name, hist in self.of(plan).items()}
+        return dict(self._amax[key])

@@ -180,3 +180,23 @@ def test_unknown_method_is_a_config_error_naming_value_and_choices():
 def test_bad_percentile_is_a_config_error(percentile):
     with pytest.raises(ConfigError, match="percentile"):
         compute_amax(_hist(np.ones(10)), "percentile", percentile=percentile)
+
+
+def test_histograms_compute_each_methods_amax_once_and_hand_out_copies(monkeypatch):
+    from bench.quant import ptq
+
+    rng = np.random.default_rng(0)
+    hist = AbsHistogram()
+    hist.update(rng.normal(0, 1, 10_000).astype(np.float32))
+    hists = ptq.Histograms(None, lambda: iter(()), total=0, progress=False)
+    hists._hists = {"a": hist}  # as if collected
+    calls = []
+    real = ptq.compute_amax
+    monkeypatch.setattr(ptq, "compute_amax", lambda h, m, **k: calls.append(m) or real(h, m, **k))
+    first = hists.amax(None, "mse", 99.99)
+    first["a"] = -1.0  # a caller's edit stays its own
+    again = hists.amax(None, "mse", 99.99)
+    assert again["a"] == pytest.approx(real(hist, "mse", percentile=99.99)) and again["a"] > 0
+    hists.amax(None, "percentile", 99.99)
+    hists.amax(None, "percentile", 99.9)
+    assert calls == ["mse", "percentile", "percentile"]
