@@ -246,6 +246,11 @@ def test_int8_qat_row_carries_its_delta_against_the_start_it_was_trained_from(ge
     shown = f"{expected.estimate:+.4f}".replace("-", "−")
     assert note.startswith(f"int8-qat against its start int8-mse: ΔmAP {shown}")
     assert note.endswith("kept the trained weights (held-out head error 0.0042 → 0.0027)")
+    # trained weights that score below their start, CI and all, are said to
+    worse = with_start_delta(row, start, trained, "int8-mse")
+    assert worse.extra[QAT_START_KEY]["high"] < 0
+    assert qat_start_note(worse).endswith(
+        "— below its start on this evaluation: int8-mse is the better INT8 here")
     other = match_table(_evaluated(gt, dets_b, img_ids=sorted(gt.getImgIds())[:30]))
     refused = with_start_delta(row, trained, other, "int8-mse").extra[QAT_START_KEY]
     assert "same images" in refused["error"] and "no CI" in qat_start_note(
