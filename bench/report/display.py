@@ -315,6 +315,7 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
                      "drift cancels; "
                      "± is the 95 % CI (latency: of the median)")
     notes += _baseline_ci_notes(rows)
+    notes += _weak_reference_notes(rows)
     notes += [n for n in map(qat_start_note, rows) if n]
     unpaired = [r for r in rows if (r.extra or {}).get("fp32_unavailable")
                 or (r.extra or {}).get("fp32_paired_error")]
@@ -323,6 +324,22 @@ def run_notes(rows: Sequence[ResultRow]) -> list[str]:
         why = unpaired[0].extra.get("fp32_unavailable") or unpaired[0].extra["fp32_paired_error"]
         notes.append(f"speedup of {names}: against the fp32 row, not paired ({why})")
     return notes
+
+
+# Below this fp32 mAP the floors (fractions of fp32's) compare noise: seen with random
+# weights (0.0002), where fp16 and int8-qat "failed" against 0.99 x 0.0002.
+WEAK_REFERENCE_MAP = 0.01
+
+
+def _weak_reference_notes(rows: Sequence[ResultRow]) -> list[str]:
+    ref = next((r for r in rows if r.variant == "fp32" and r.ok), None)
+    if ref is None or ref.map is None or ref.map >= WEAK_REFERENCE_MAP:
+        return []
+    return [f"fp32 scored mAP {ref.map:.4f} on this evaluation: the floors, fractions of"
+            " fp32's, then compare noise, and so low a reference usually means that the"
+            " model and the dataset do not match (its classes, --class-map, --coco, its"
+            " preprocessing) or that its weights are untrained; read no gate before that is"
+            " settled"]
 
 
 def qat_start_note(row: ResultRow) -> str | None:

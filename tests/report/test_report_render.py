@@ -208,3 +208,18 @@ def test_a_cpu_without_int8_dot_products_is_named_in_both_summaries(isa, backend
         if expected:  # the rows that ran, not the skipped or failed INT8 ones
             assert "int8-max:" in found[0] and "int8-qat" not in found[0]
             assert "avx2, fma" in found[0]
+
+
+@pytest.mark.parametrize("fp32_map, expected", [(0.0002, True), (0.612, False)])
+def test_a_near_zero_fp32_map_is_named_before_its_gates_are_read(fp32_map, expected):
+    rows = derive_relative([
+        make_row("fp32", map=fp32_map, latency_ms=lat(20.0)),
+        make_row("fp16", map=fp32_map * 0.98, latency_ms=lat(18.0)),
+    ])
+    run = Run(environment=make_env(), rows=tuple(rows), complete=True,
+              created="2026-12-02T12:00:00Z")
+    for text in (render_markdown(run), render_text(run, width=400)):
+        found = [line for line in text.splitlines() if "compare noise" in line]
+        assert bool(found) is expected
+        if expected:
+            assert "mAP 0.0002" in text and "--class-map" in text
