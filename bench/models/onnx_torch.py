@@ -349,6 +349,12 @@ def trunk(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     kept_inits = [i for i in graph.initializer if i.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept_inits)
+    # an initializer an older exporter also lists as a graph input goes with its initializer
+    # (left behind, it would read as a second runtime input)
+    dropped = {i.name for i in graph.initializer} - {i.name for i in kept_inits}
+    kept_inputs = [i for i in graph.input if i.name not in dropped]
+    del out.graph.input[:]
+    out.graph.input.extend(kept_inputs)
     del out.graph.output[:]
     out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
     return out

@@ -210,6 +210,17 @@ def test_trunk_keeps_only_what_the_named_tensors_need(yolo_opset17):
     assert torch.equal(whole[last], part[last]) and torch.equal(outputs[1], whole[last])
     with pytest.raises(ModelError, match="'nope' is not in the ONNX graph"):
         trunk(yolo_opset17, ["nope"])
+    # initializers also listed as graph inputs (keep_initializers_as_inputs): the dropped
+    # ones leave the inputs too, so the image stays the one runtime input
+    listed = onnx.ModelProto()
+    listed.CopyFrom(yolo_opset17)
+    listed.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                              for i in listed.graph.initializer)
+    early = trunk(listed, [convs[2]])
+    assert len(early.graph.initializer) < len(listed.graph.initializer)
+    with torch.no_grad():
+        _, got = OnnxModule(early).forward_collect(x, [convs[2]])
+    assert torch.equal(got[convs[2]], whole[convs[2]])
 
 
 # --- taps ---------------------------------------------------------------------------------
