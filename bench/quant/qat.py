@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from bench.errors import ModelError
+from bench.quant.fake_quant import QMAX, QMIN, fast_fake_quant, fast_fake_quant_weight
 
-QMIN, QMAX = -128, 127
 GATE_SCALE = 1.0 / 255.0
 DEFAULT_BATCH = 8
 # The default budget: one pass over the QAT images, at least this many steps. 100, not the
@@ -106,6 +106,7 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     import torch
 
     from bench.models.onnx_torch import OnnxModule, state_to_onnx, trunk
+    from bench.quant.adam import Adam
 
     torch.manual_seed(settings.seed)
     quant = FakeQuantizer(plan, amax, profile, learn_scales=settings.learn_scales)
@@ -122,13 +123,12 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     targets = Teacher(body, images, (*watched, *heads), micro)
     check_initial = _holdout_error(student, quant, images, held, targets, heads, micro)
     trainable = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
-    optimizer = torch.optim.Adam(trainable, lr=settings.lr)
+    optimizer = Adam(trainable)
     total = settings.total_steps(len(train))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total))
     losses, start, stopped = [], time.perf_counter(), False
     chunks = _micro_batches(train, micro, settings.seed)
     for step in _progress(total, progress):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss_sum = 0.0
         for _ in range(accumulate):
             index = next(chunks)
@@ -136,8 +136,7 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
                                       targets.of(index), watched) / accumulate
             loss.backward()
             loss_sum += float(loss.detach())
-        optimizer.step()
-        schedule.step()
+        optimizer.step(settings.lr * _lr_factor(step, total))
         losses.append(loss_sum)
         if settings.minutes and time.perf_counter() - start > 60 * settings.minutes:
             stopped = step + 1 < total
@@ -248,103 +247,6 @@ class FakeQuantizer:
     def amax(self) -> dict[str, float]:
         return {name: float(self._log_scales[leader].detach().exp()) * QMAX
                 for name, leader in self._groups.items()}
-
-
-def fake_quant(x: Any, scale: Any, qmin: int = QMIN, qmax: int = QMAX) -> Any:
-    """clamp(round(x / s)) * s with a straight-through round (the reference form)."""
-    scaled = x / scale
-    rounded = scaled + (scaled.round() - scaled).detach()
-    return rounded.clamp(qmin, qmax) * scale
-
-
-def fake_quant_weight(weight: Any, axis: int) -> Any:
-    """Per-output-channel weight fake quantization (the reference form)."""
-    return fake_quant(weight, _weight_scale(weight, axis, keepdim=True))
-
-
-def fast_fake_quant(x: Any, scale: Any, qmin: int = QMIN, qmax: int = QMAX,
-                    learn: bool = False) -> Any:
-    """fake_quant with a hand-written backward: the same values as torch's
-    fake_quantize_per_tensor_affine (x times 1/s, rounded half to even, clamped, times s)
-    and the same gradients (the straight-through mask for x; for a learned scale, LSQ's
-    round(x/s) - x/s in range and qmin or qmax outside, summed). scale: one element, or
-    one per channel shaped to broadcast against x.
-
-    Written from vectorised element-wise ops because torch's fused kernels are slow on
-    the CPU: measured on a 2 M-element channels-last activation (2 cores, the three
-    alternated), forward + backward took 11.0-11.5 ms in fake_quantize_per_tensor_affine
-    and 15-17.5 ms in the learnable kernel, against 4.6-5.0 (fixed scale) and 5.6-6.1 ms
-    (learned) here, and 1.3-1.5 ms for a ReLU; tests/quant/test_qat.py checks the values
-    and gradients against torch's kernels."""
-    return _fake_quant_function().apply(x, scale, qmin, qmax, learn)
-
-
-def fast_fake_quant_weight(weight: Any, axis: int) -> Any:
-    """fake_quant_weight (per output channel) with fast_fake_quant's straight-through
-    gradient: the same values as torch's fake_quantize_per_channel_affine."""
-    return fast_fake_quant(weight, _weight_scale(weight, axis, keepdim=True))
-
-
-_FAKE_QUANT: list = []
-
-
-def _fake_quant_function() -> Any:
-    """The autograd Function behind fast_fake_quant, defined on first use (torch is
-    imported only when a torch path runs)."""
-    if _FAKE_QUANT:
-        return _FAKE_QUANT[0]
-    import torch
-
-    class FakeQuant(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, scale, qmin, qmax, learn):
-            rounded = torch.mul(x, scale.reciprocal()).round_()
-            clamped = rounded.clamp(qmin, qmax)
-            mask = rounded == clamped
-            out = clamped.mul_(scale)
-            ctx.learn = learn
-            ctx.save_for_backward(*((x, out, mask, scale) if learn else (mask,)))
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            # where(), not grad * mask: in a profiled QAT step on the default the product
-            # (which first copies the bool mask to floats) made the backward 110 ms, 56 here
-            if not ctx.learn:
-                (mask,) = ctx.saved_tensors
-                return torch.where(mask, grad, 0.0), None, None, None, None
-            x, out, mask, scale = ctx.saved_tensors
-            grad_x = torch.where(mask, grad, 0.0)
-            # sum of grad * (clamped - (x / s) * mask) = (sum grad*out - sum grad_x*x) / s
-            grad_scale = (_dot(grad, out) - _dot(grad_x, x)) / scale
-            return grad_x, grad_scale.reshape(scale.shape), None, None, None
-
-    _FAKE_QUANT.append(FakeQuant)
-    return FakeQuant
-
-
-def _dot(a: Any, b: Any) -> Any:
-    """sum(a * b) of two tensors laid out alike, without the product's temporary where
-    both are dense in the same order (contiguous, or channels-last 4-D)."""
-    import torch
-
-    if a.stride() == b.stride():
-        if a.is_contiguous():
-            return torch.dot(a.reshape(-1), b.reshape(-1))
-        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
-            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
-    return torch.sum(a * b)
-
-
-def _weight_scale(weight: Any, axis: int, keepdim: bool) -> Any:
-    """Per-channel max |w| / 127, and 1 / 127 for an all-zero channel, as the Q/DQ writer
-    (bench.quant.qdq.weight_scales) has it: a scale of its own the reciprocal of which
-    stays finite (0 * inf would make the channel NaN)."""
-    import torch
-
-    dims = [d for d in range(weight.dim()) if d != axis % weight.dim()]
-    amax = weight.detach().abs().amax(dim=dims, keepdim=keepdim)
-    return torch.where(amax > float(np.finfo(np.float32).tiny), amax, 1.0) / QMAX
 
 
 def _scale_groups(plan: Any, tensors: list[str]) -> dict[str, str]:

@@ -8,14 +8,7 @@ from yolo_like import build_yolo_like
 from bench.errors import ModelError
 from bench.quant import qat as qat_module
 from bench.quant.placement import plan_quantization
-from bench.quant.qat import (
-    QatSettings,
-    fake_quant,
-    fake_quant_weight,
-    fast_fake_quant,
-    fast_fake_quant_weight,
-    run_qat,
-)
+from bench.quant.qat import QatSettings, run_qat
 from bench.quant.qdq import quantized_tensor_set, write_qdq
 
 torch = pytest.importorskip("torch")
@@ -90,14 +83,6 @@ def test_time_budget_stops_early(setup):
     assert result.stopped_by_time and result.steps < 10_000
 
 
-def test_fake_quant_rounds_and_clamps_with_straight_through_gradient():
-    x = torch.tensor([-300.0, -1.26, 0.24, 0.26, 300.0], requires_grad=True)
-    y = fake_quant(x, torch.tensor(0.5))
-    assert y.tolist() == [-64.0, -1.5, 0.0, 0.5, 63.5]
-    y.sum().backward()
-    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
-
-
 def test_undifferentiable_op_is_named_before_training(setup):
     from yolo_like import HEAD_CONVS
 
@@ -153,76 +138,6 @@ def test_an_nms_op_after_the_head_is_left_to_the_runtime(setup):
     qat = write_qdq(result.model, nms_plan, result.amax, profile="tensorrt")
     selected = _run(qat, _images(2, seed=3))  # ONNX Runtime runs the NMS
     assert selected.ndim == 2 and selected.shape[1] == 3
-
-
-def test_fast_fake_quant_matches_the_reference_in_values_and_gradients():
-    torch.manual_seed(0)
-    x = (torch.randn(2, 3, 5, 5) * 4).requires_grad_()
-    log_scale = torch.tensor(-1.5, requires_grad=True)
-    ref = fake_quant(x, log_scale.exp())
-    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
-    grads = x.grad.clone(), log_scale.grad.clone()
-    x.grad, log_scale.grad = None, None
-    fused = fast_fake_quant(x, log_scale.exp().reshape(1), learn=True)
-    (fused * torch.linspace(-1, 1, fused.numel()).view_as(fused)).sum().backward()
-    # The reference's gradient is g * s / s: equal up to one float rounding.
-    assert torch.equal(fused, ref) and torch.allclose(x.grad, grads[0], rtol=0, atol=1e-6)
-    assert torch.allclose(log_scale.grad, grads[1], rtol=1e-4)
-
-    w = torch.randn(6, 3, 3, 3, requires_grad=True)
-    ref_w = fake_quant_weight(w, 0)
-    ref_w.sum().backward()
-    grad_w, w.grad = w.grad.clone(), None
-    fused_w = fast_fake_quant_weight(w, 0)
-    fused_w.sum().backward()
-    assert torch.allclose(fused_w, ref_w, atol=1e-7) and torch.equal(w.grad, grad_w)
-
-
-def test_fast_fake_quant_equals_torch_kernels_on_channels_last_tensors():
-    # torch's own fake-quant kernels are the reference for the hand-written backward:
-    # values bit for bit, the straight-through mask exactly, LSQ's scale gradient closely
-    torch.manual_seed(1)
-    x = (torch.randn(2, 16, 9, 9) * 3).to(memory_format=torch.channels_last)
-    x[0, 0, 0, :4] = torch.tensor([127.5, -128.5, 126.5, 0.25]) * 0.02  # ties at the ends
-    x.requires_grad_()
-    weights = torch.randn_like(x)
-    got = {}
-    for kind in ("torch", "ours"):
-        scale = torch.tensor([0.02], requires_grad=True)
-        x.grad = None
-        if kind == "torch":
-            y = torch._fake_quantize_learnable_per_tensor_affine(
-                x, scale, torch.zeros(1), -128, 127, 1.0)
-        else:
-            y = fast_fake_quant(x, scale, -128, 127, learn=True)
-        (y * weights).sum().backward()
-        got[kind] = (y.detach(), x.grad.clone(), scale.grad.clone())
-    assert torch.equal(got["ours"][0], got["torch"][0])
-    assert torch.equal(got["ours"][1], got["torch"][1])
-    assert torch.allclose(got["ours"][2], got["torch"][2], rtol=1e-4)
-    assert got["ours"][0].is_contiguous(memory_format=torch.channels_last)
-
-    frozen = fast_fake_quant(x.detach(), torch.tensor([0.02]), -128, 127)
-    zero = torch.zeros(1, dtype=torch.int32)
-    assert torch.equal(frozen, torch.fake_quantize_per_tensor_affine(
-        x.detach(), torch.tensor([0.02]), zero, -128, 127))
-
-    w = torch.randn(6, 3, 3, 3)
-    amax = w.abs().amax(dim=(1, 2, 3))
-    assert torch.equal(fast_fake_quant_weight(w, 0), torch.fake_quantize_per_channel_affine(
-        w, amax / 127, torch.zeros(6, dtype=torch.int32), 0, -128, 127))
-
-
-def test_an_all_zero_weight_channel_stays_zero_not_nan():
-    # a pruned channel: its scale is the writer's 1/127, not a denormal whose reciprocal
-    # is infinite (0 * inf = NaN)
-    w = torch.randn(4, 3, 3, 3)
-    w[2] = 0.0
-    w.requires_grad_()
-    out = fast_fake_quant_weight(w, 0)
-    out.sum().backward()
-    assert torch.isfinite(out).all() and torch.equal(out[2], torch.zeros(3, 3, 3))
-    assert torch.isfinite(w.grad).all()
 
 
 def test_held_out_check_keeps_the_initial_calibration_when_training_hurts(setup):
