@@ -133,7 +133,7 @@ def _function() -> Any:
         def forward(ctx, x, scale, qmin, qmax, learn):
             ctx.learn = learn
             if (scale.numel() == 1 and (qmin, qmax) in _RANGES
-                    and x.dtype == torch.float32 and _dense(torch, x)):
+                    and x.dtype == torch.float32 and _dense(x)):
                 value = float(scale)
                 out = quantize_dequantize(x, value, qmin, qmax)
                 ctx.bounds = open_range(value, qmin, qmax)
@@ -173,7 +173,10 @@ def _function() -> Any:
     return FakeQuant
 
 
-def _dense(torch: Any, x: Any) -> bool:
+def _dense(x: Any) -> bool:
+    """Contiguous, or channels-last 4-D: the layouts the quantize kernel keeps as they are."""
+    import torch
+
     return x.is_contiguous() or (x.dim() == 4
                                  and x.is_contiguous(memory_format=torch.channels_last))
 

@@ -172,9 +172,13 @@ def test_a_strided_view_takes_the_masked_path_with_the_same_result():
 
 def test_the_gradient_is_laid_out_as_the_input_whatever_the_incoming_gradients_layout():
     # a contiguous gradient into a channels-last activation (a Concat's backward gives
-    # one): the conv backward downstream then sees the same layout as with a stored mask
+    # one): the conv backward upstream then sees the same layout as with a stored mask.
+    # Read by a hook on a non-leaf input: a leaf's .grad is re-laid out by autograd.
     x = (torch.randn(2, 8, 5, 5) * 3).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    y = fast_fake_quant(x, torch.tensor([0.02]))
+    hidden = x * 1.0
+    seen = []
+    hidden.register_hook(seen.append)
+    y = fast_fake_quant(hidden, torch.tensor([0.02]))
     y.backward(torch.randn(2, 8, 5, 5))
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
