@@ -20,7 +20,7 @@ class Adam:
                  eps: float = 1e-8):
         import torch
 
-        self.params = [p for p in params]
+        self.params = list(params)
         self.betas, self.eps = betas, eps
         self._steps = [0] * len(self.params)  # per parameter: one without a gradient waits
         self._first = [torch.zeros_like(p, memory_format=torch.preserve_format)
