@@ -67,7 +67,8 @@ def _fill_defaults(data: dict) -> None:
             ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
 
 
-def _quiet_coco(data: dict) -> COCO:
+def coco_from_dict(data: dict) -> COCO:
+    """A pycocotools COCO of an instances dict held in memory, without its index chatter."""
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -109,7 +110,7 @@ class CocoDataset:
         self.lenient = lenient
         self.dropped: Mapping[str, int] = check_instances(data, self.annotation_path, lenient)
         _fill_defaults(data)
-        self.coco = _quiet_coco(data)
+        self.coco = coco_from_dict(data)
         self.category_ids: list[int] = sorted(self.coco.cats)
         self.class_to_category: list[int] = self._class_mapping(class_map)
 

@@ -76,6 +76,8 @@ class QatResult:
 
     kept: "trained", or "initial" when the held-out check found the starting calibration
     closer to the FP32 teacher (model and amax are then the ones given to run_qat).
+    held: the indices of the held-out images (for the build's engine check, see
+    bench.quant.qat_check, when run_qat's own head check is off).
     """
 
     model: onnx.ModelProto
@@ -93,15 +95,20 @@ class QatResult:
     micro_batch: int = DEFAULT_BATCH
     accumulate: int = 1
     teacher: str = "cached"
+    held: tuple[int, ...] = ()
 
 
 def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
             images: np.ndarray, settings: QatSettings, *, profile: str,
-            progress: bool = True, fixed_batch: int | None = None) -> QatResult:
+            progress: bool = True, fixed_batch: int | None = None,
+            head_check: bool = True) -> QatResult:
     """Fine-tune `model` under the fake quantization `plan` describes; see module doc.
 
     images: letterboxed [N, 3, H, W] (uint8 pixels or floats in [0, 1]). fixed_batch: the
     model's static batch dimension; every forward then runs on exactly that many images.
+    head_check: compare the head outputs with the teacher's on the held-out images before
+    and after training and return the better weights; off, the trained weights come back
+    (kept "trained") for the caller to check (the build checks them on the engine).
     """
     import torch
 
@@ -121,7 +128,8 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
     accumulate = max(1, math.ceil(settings.batch / micro))
     train, held = _split(len(images), settings)
     targets = Teacher(body, images, (*watched, *heads), micro)
-    check_initial = _holdout_error(student, quant, images, held, targets, heads, micro)
+    check = _holdout_error if head_check else _no_check
+    check_initial = check(student, quant, images, held, targets, heads, micro)
     trainable = [p for p in student.parameters() if p.requires_grad] + quant.parameters()
     optimizer = Adam(trainable)
     total = settings.total_steps(len(train))
@@ -142,7 +150,7 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
             stopped = step + 1 < total
             break
     seconds = time.perf_counter() - start
-    check_trained = _holdout_error(student, quant, images, held, targets, heads, micro)
+    check_trained = check(student, quant, images, held, targets, heads, micro)
     keep_trained = check_initial is None or check_trained <= check_initial
     tuned, tuned_amax = ((state_to_onnx(student, model), quant.amax()) if keep_trained
                          else (model, dict(amax)))
@@ -151,7 +159,8 @@ def run_qat(model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
                      kept="trained" if keep_trained else "initial",
                      holdout_initial=check_initial, holdout_trained=check_trained,
                      images_train=len(train), images_holdout=len(held), micro_batch=micro,
-                     accumulate=accumulate, teacher=targets.mode)
+                     accumulate=accumulate, teacher=targets.mode,
+                     held=tuple(int(i) for i in held))
 
 
 def _split(n_images: int, settings: QatSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +347,10 @@ def _holdout_error(student: Any, quant: FakeQuantizer, images: np.ndarray, held:
     return float(np.mean(errors))
 
 
+def _no_check(*_args: Any) -> None:
+    return None
+
+
 def _as_float(batch: np.ndarray) -> Any:
     """A float tensor of the batch, channels-last like the modules' weights."""
     import torch
@@ -366,6 +379,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def build_qat_variant(spec: Any, ctx: Any) -> Any:
     """The registry's builder: PTQ init, fine-tune, write Q/DQ; cached like every artifact."""
+    from bench.quant.qat_check import CHECK_VERSION, engine_unavailable
     from bench.quant.qdq import write_qdq
 
     settings = qat_settings(ctx.cfg)
@@ -378,7 +392,10 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
                           qat_images=ctx.qat_calib_id, keep_float=list(ctx.cfg.keep_float),
                           torch=_torch_version(), settings=settings.__dict__,
                           fixed_batch=ctx.fixed_batch, qdq_format=FORMAT_VERSION,
-                          trainer=TRAINER_VERSION, min_steps=MIN_DEFAULT_STEPS, **plan_key)
+                          trainer=TRAINER_VERSION, min_steps=MIN_DEFAULT_STEPS,
+                          check=CHECK_VERSION,
+                          eval_protocol=[ctx.cfg.conf, ctx.cfg.iou, ctx.cfg.max_det],
+                          **plan_key)
 
     def build(out: Path) -> dict[str, Any]:
         started = time.perf_counter()
@@ -388,21 +405,60 @@ def build_qat_variant(spec: Any, ctx: Any) -> Any:
         # the memory (512 images at 640 px: 629 MB instead of 2.5 GB), exactly.
         images = np.concatenate([np.rint(b * 255).astype(np.uint8)
                                  for b in _limited(ctx.qat_batches(), settings.images)])
+        # The keep check runs the Q/DQ models on ONNX Runtime; a model it cannot load (a
+        # TensorRT plugin inside) is checked by its head outputs in the interpreter instead.
+        unavailable = engine_unavailable(model)
         result = run_qat(model, plan, amax, images, settings, profile=ctx.cfg.profile,
-                         progress=ctx.cfg.progress, fixed_batch=ctx.fixed_batch)
-        onnx.save(write_qdq(result.model, plan, result.amax, profile=ctx.cfg.profile), str(out))
-        return {"init": init, **plan_meta, "kept": result.kept, "steps": result.steps,
+                         progress=ctx.cfg.progress, fixed_batch=ctx.fixed_batch,
+                         head_check=unavailable is not None)
+        qdq = write_qdq(result.model, plan, result.amax, profile=ctx.cfg.profile)
+        kept, check = result.kept, _head_check_meta(result, unavailable)
+        if unavailable is None:
+            kept, qdq, check = _engine_check(ctx, model, plan, amax, qdq,
+                                             images[list(result.held)])
+        onnx.save(qdq, str(out))
+        return {"init": init, **plan_meta, "kept": kept, **check, "steps": result.steps,
                 "train_s": round(result.seconds, 1),
                 "qat_s": round(time.perf_counter() - started, 1),
                 "loss_first": result.loss_first, "loss_last": result.loss_last,
-                "holdout_initial": result.holdout_initial,
-                "holdout_trained": result.holdout_trained,
                 "stopped_by_time": result.stopped_by_time, **_image_counts(result, settings),
                 "batch": result.micro_batch, "accumulate": result.accumulate,
                 "teacher": result.teacher, "lr": settings.lr,
                 "learn_scales": settings.learn_scales}
 
     return ctx.cache.get_or_build("qat", parts, ".onnx", build)
+
+
+def _engine_check(ctx: Any, model: onnx.ModelProto, plan: Any, amax: Mapping[str, float],
+                  trained: onnx.ModelProto, held: np.ndarray,
+                  ) -> tuple[str, onnx.ModelProto, dict[str, Any]]:
+    """(kept, its Q/DQ model, meta): the start's Q/DQ model against the trained one on the
+    held-out images, by agreement with the FP32 model's detections (bench.quant.qat_check)."""
+    from bench.quant.qat_check import compare
+    from bench.quant.qdq import write_qdq
+
+    cfg = ctx.cfg
+    initial = write_qdq(model, plan, amax, profile=cfg.profile)
+    found = compare(model, {"initial": initial, "trained": trained}, held,
+                    fixed_batch=ctx.fixed_batch, conf=cfg.conf, iou=cfg.iou,
+                    max_det=cfg.max_det)
+    if found is None:
+        why = ("no held-out images" if len(held) == 0 else
+               "the FP32 model detects nothing on the held-out images to agree with")
+        return "trained", trained, {"check": "none", "check_note": why}
+    meta = {"check": "detections", "agreement_initial": found.scores["initial"],
+            "agreement_trained": found.scores["trained"],
+            "agreement_thresholds": list(found.thresholds)}
+    return found.kept, (trained if found.kept == "trained" else initial), meta
+
+
+def _head_check_meta(result: QatResult, unavailable: str | None) -> dict[str, Any]:
+    """The interpreter's head-output check, when it decided (the engine could not run)."""
+    if unavailable is None:
+        return {}
+    return {"check": "head error",
+            "check_note": f"ONNX Runtime cannot run the model ({unavailable})",
+            "holdout_initial": result.holdout_initial, "holdout_trained": result.holdout_trained}
 
 
 def _plan_source(ctx: Any) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:

@@ -349,20 +349,31 @@ def qat_start_note(row: ResultRow) -> str | None:
         return None
     meta = (row.extra or {}).get("artifact_meta") or {}
     kept = meta.get("kept")
-    before, after = meta.get("holdout_initial"), meta.get("holdout_trained")
-    held = (f" (held-out head error {before:.4f} → {after:.4f})"
-            if isinstance(before, float) and isinstance(after, float) else "")
+    held = _qat_check_text(meta)
     kept_text = f"; kept the {kept} weights{held}" if kept else ""
     if "delta" not in found:
         return f"{row.variant} against its start {found.get('start')}: no CI " \
                f"({found.get('error')}){kept_text}"
     delta, low, high = (f"{found[k]:+.4f}".replace("-", MINUS) for k in ("delta", "low", "high"))
-    # The held-out check is label-free: it can keep trained weights that score below their
-    # start (seen on an export with NMS inside, whose baked threshold the head error misses).
+    # The held-out check is label-free and runs on other images: it can keep trained
+    # weights that score below their start on the evaluation images.
     below = (f" — below its start on this evaluation: {found['start']} is the better"
              " INT8 here" if kept == "trained" and found["high"] < 0 else "")
     return (f"{row.variant} against its start {found['start']}: ΔmAP {delta} "
             f"(95 % paired CI {low}…{high}){kept_text}{below}")
+
+
+def _qat_check_text(meta: Mapping) -> str:
+    """What decided int8-qat's kept weights: agreement with the FP32 model's detections on
+    the held-out images (the engine check), or the interpreter's head error."""
+    before, after = meta.get("agreement_initial"), meta.get("agreement_trained")
+    if isinstance(before, float) and isinstance(after, float):
+        return (f" (held-out agreement with fp32's detections, mAP {before:.4f} start,"
+                f" {after:.4f} trained)")
+    before, after = meta.get("holdout_initial"), meta.get("holdout_trained")
+    if isinstance(before, float) and isinstance(after, float):
+        return f" (held-out head error {before:.4f} → {after:.4f})"
+    return f" ({meta['check_note']})" if meta.get("check_note") else ""
 
 
 def _baseline_ci_notes(rows: Sequence[ResultRow]) -> list[str]:

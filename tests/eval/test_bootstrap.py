@@ -246,6 +246,12 @@ def test_int8_qat_row_carries_its_delta_against_the_start_it_was_trained_from(ge
     shown = f"{expected.estimate:+.4f}".replace("-", "−")
     assert note.startswith(f"int8-qat against its start int8-mse: ΔmAP {shown}")
     assert note.endswith("kept the trained weights (held-out head error 0.0042 → 0.0027)")
+    by_engine = ResultRow(variant="int8-qat", status="ok", extra={"artifact_meta": {
+        "init": "mse", "kept": "initial", "check": "detections", "agreement_initial": 0.9154,
+        "agreement_trained": 0.8761}})
+    assert qat_start_note(with_start_delta(by_engine, trained, start, "int8-mse")).endswith(
+        "kept the initial weights (held-out agreement with fp32's detections, mAP 0.9154"
+        " start, 0.8761 trained)")
     # trained weights that score below their start, CI and all, are said to
     worse = with_start_delta(row, start, trained, "int8-mse")
     assert worse.extra[QAT_START_KEY]["high"] < 0
