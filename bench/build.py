@@ -101,16 +101,18 @@ def _fp16(spec: VariantSpec, ctx: BuildContext) -> Artifact:
     import onnx
 
     from bench.onnx_file import load_model
-    from bench.quant.fp16 import convert_to_fp16
+    from bench.quant.fp16 import block_ops_for, convert_to_fp16
 
     if ctx.cfg.backend == "tensorrt" and _trt_onnx_kind(spec) == "fp32":
         return _reference(spec, ctx)  # TensorRT < 11 builds FP16 from FP32 with a flag
+    blocked = block_ops_for(ctx.cfg.backend, ctx.cfg.device)
 
     def build(out: Path) -> dict[str, Any]:
-        onnx.save(convert_to_fp16(load_model(ctx.model_path)), str(out))
-        return {}
+        onnx.save(convert_to_fp16(load_model(ctx.model_path), block_ops=blocked), str(out))
+        return {"fp32_ops": sorted(blocked)}
 
-    return ctx.cache.get_or_build("fp16", ctx.key_parts(spec.name), ".onnx", build)
+    parts = ctx.key_parts(spec.name, fp32_ops=sorted(blocked))
+    return ctx.cache.get_or_build("fp16", parts, ".onnx", build)
 
 
 def _ptq(spec: VariantSpec, ctx: BuildContext) -> Artifact:

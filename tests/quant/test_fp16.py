@@ -244,3 +244,45 @@ def test_a_model_with_a_subgraph_is_a_model_error():
     )
     with pytest.raises(ModelError, match="If.*subgraph"):
         convert_to_fp16(_model(graph))
+
+
+def _optimised_ops(model, tmp_path):
+    """Op counts of ONNX Runtime's CPU-optimised graph of model (default level)."""
+    from collections import Counter
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_the_onnxruntime_cpu_artifact_keeps_leaky_relu_float32_and_unexpanded(tmp_path):
+    """The default's graph (opset 17): converted as for ORT's CPU provider, LeakyRelu runs
+    in FP32 between Casts, so ORT does not expand it into Less/Where/Mul (it has no float16
+    kernel for it), and the outputs are those of the all-half conversion to FP16 rounding."""
+    from bench.models.default import default_model_path
+    from bench.quant.fp16 import DEFAULT_BLOCK_OPS, ORT_CPU_BLOCK_OPS, block_ops_for
+
+    assert block_ops_for("onnxruntime", "cpu") == ORT_CPU_BLOCK_OPS
+    assert block_ops_for("onnxruntime", "cuda") == DEFAULT_BLOCK_OPS
+    assert block_ops_for("tensorrt", "cuda") == DEFAULT_BLOCK_OPS
+    model = onnx.load(str(default_model_path()))
+    leaky = sum(n.op_type == "LeakyRelu" for n in model.graph.node)
+    assert leaky > 0
+    cpu = convert_to_fp16(model, block_ops=ORT_CPU_BLOCK_OPS)
+    half = convert_to_fp16(model)
+    kept = [n for n in cpu.graph.node if n.op_type == "LeakyRelu"]
+    assert len(kept) == leaky
+    producers = {o: n for n in cpu.graph.node for o in n.output}
+    for node in kept:  # fed float32 by a Cast; every Conv stays half
+        assert producers[node.input[0]].op_type == "Cast"
+        assert producers[node.input[0]].attribute[0].i == FLOAT
+    weights = {t.name: t.data_type for t in cpu.graph.initializer}
+    convs = [n for n in cpu.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]] == HALF for n in convs)
+    assert _optimised_ops(cpu, tmp_path)["Where"] == 0
+    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    x = np.random.default_rng(3).random((1, 3, size, size), dtype=np.float32)
+    got, want = _run(cpu, x)[0], _run(half, x)[0]
+    assert np.abs(got - want).mean() < 0.2 * np.abs(_run(model, x)[0] - want).mean() + 1e-3
